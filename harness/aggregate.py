@@ -1,0 +1,123 @@
+"""Rows → tidy tables (CSV + Markdown) and plots. Reads rows only; never reruns anything.
+
+`python -m harness.aggregate [rows.jsonl or folder ...]` writes a report next to each rows file
+(default: every rows.jsonl under results/).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness import PROJECT_ROOT
+from harness.results import COLUMNS, read_rows
+
+GROUP_KEYS = ["model", "dataset", "method", "scenario", "gpu", "device", "dtype", "batch_size", "seq_len"]
+METRICS = ["peak_allocated", "peak_reserved", "nvml_process_peak", "cpu_live_peak", "weights", "grads",
+           "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu", "train_loss", "eval_loss", "eval_ppl"]
+
+
+def load_rows(paths: list[Path]) -> pd.DataFrame:
+    """All rows of the given rows.jsonl files; the latest row wins per run_id (a forced rerun replaces)."""
+    rows = [r for p in paths for r in read_rows(p)]
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = pd.DataFrame(rows).drop(columns=["config"], errors="ignore")
+    frame = frame.drop_duplicates("run_id", keep="last")
+    for col in COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    return frame
+
+
+def peak_memory(frame: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The peak to plot and its probe's name: CUDA allocated where any row has it, else the CPU live-tensor peak."""
+    if frame["peak_allocated"].notna().any():
+        return frame["peak_allocated"], "peak allocated (torch.cuda)"
+    return frame["cpu_live_peak"], "peak live tensors (CPU probe)"
+
+
+def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """One line per config: median over repeats of each metric, with min/max spread and the repeat count."""
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    frame["transforms"] = frame["transforms"].map(lambda t: "+".join(t) if isinstance(t, list) else (t or ""))
+    keys = [k for k in GROUP_KEYS if k in frame] + ["transforms"]
+    frame[keys] = frame[keys].fillna("-")
+    ok = frame[frame["status"] == "ok"]
+    parts = []
+    for key, group in frame.groupby(keys, sort=False, dropna=False):
+        line = dict(zip(keys, key, strict=True))
+        good = ok.loc[ok.index.intersection(group.index)]
+        line["status"] = "ok" if len(good) == len(group) else "/".join(sorted(set(group["status"])))
+        line["repeats"] = len(group)
+        line["error"] = next((e for e in group["error"] if isinstance(e, str)), "")
+        for metric in METRICS:
+            values = pd.to_numeric(good[metric], errors="coerce").dropna() if metric in good else pd.Series()
+            line[metric] = values.median() if len(values) else None
+            if metric in ("step_ms", "tokens_per_s", "eval_loss", "peak_allocated") and len(values) > 1:
+                line[f"{metric}_min"], line[f"{metric}_max"] = values.min(), values.max()
+        parts.append(line)
+    return pd.DataFrame(parts)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    shown = [c for c in ["model", "method", "transforms", "status", "repeats", "peak_allocated", "cpu_live_peak",
+                         "weights", "grads", "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu",
+                         "eval_loss"] if c in table]
+
+    def cell(col, v):
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "-"
+        if col in ("peak_allocated", "cpu_live_peak", "weights", "grads", "optimizer_state", "activations"):
+            return f"{v / 2**20:,.1f}"
+        if col == "mfu":
+            return f"{100 * v:.1f} %"
+        if isinstance(v, float):
+            return f"{v:,.4g}" if col != "tokens_per_s" else f"{v:,.0f}"
+        return str(v)
+
+    header = [c + (" (MiB)" if c in ("peak_allocated", "cpu_live_peak", "weights", "grads", "optimizer_state",
+                                     "activations") else "") for c in shown]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(shown)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(cell(c, r[c]) for c in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows_path: Path, out_dir: Path) -> list[Path]:
+    from harness.plots import memory_breakdown, pareto
+
+    frame = load_rows([rows_path])
+    if frame.empty:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = tidy(frame)
+    written = [out_dir / "table.csv", out_dir / "table.md"]
+    table.to_csv(written[0], index=False)
+    written[1].write_text(to_markdown(table))
+    written += pareto(table, out_dir)
+    written += memory_breakdown(table, out_dir)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    targets = [Path(a) for a in argv] or [PROJECT_ROOT / "results"]
+    paths = []
+    for t in targets:
+        paths += sorted(t.rglob("rows.jsonl")) + sorted(t.rglob("*.rows.jsonl")) if t.is_dir() else [t]
+    if not paths:
+        print(f"no rows.jsonl under {', '.join(map(str, targets))}", file=sys.stderr)
+        return 1
+    for path in paths:
+        stem = path.name.removesuffix(".rows.jsonl").removesuffix("rows.jsonl").rstrip(".")
+        out = path.parent / ("report" if not stem else f"report_{stem}")
+        for written in write_report(path, out):
+            print(written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,236 @@
+"""Compose Hydra configs and plan jobs: command line → validated list of jobs, or one ConfigError line.
+
+Hydra's compose API and override grammar do the composing and the sweep syntax (`method=a,b`, `range(…)`);
+jobs are launched by harness.launch (one child process each), not by a Hydra launcher, so every job gets
+process isolation, a resume check, and a place on one progress bar. All validation happens here, before any
+job starts, so bad input leaves no row and no file behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from harness import CONF_DIR, PROJECT_ROOT
+from harness.schema import ConfigError, JobSpec, TextSpec
+
+GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
+# Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
+OPERATIONAL_KEYS = ("run.force", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu")
+
+
+@lru_cache(maxsize=None)
+def group_options(group: str) -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: JobSpec
+    config: dict  # the resolved config, plain containers
+    overrides: tuple[str, ...]  # what makes this job differ from the defaults
+    repeat: int
+    run_id: str
+    job_dir: Path
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.job_dir.parent
+
+
+def _compose(overrides: list[str]) -> dict:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", "") or "a value"
+        raise ConfigError(f"{key} must be set (it is ??? in its YAML); e.g. {key}=VALUE") from None
+    except (OmegaConfBaseException, Exception) as e:  # Hydra's own errors span lines; keep the first
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _parse(overrides: list[str]):
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise ConfigError(f"malformed override: {str(e).strip().splitlines()[0]}") from None
+
+
+def _check_group_values(parsed) -> None:
+    for o in parsed:
+        key = o.key_or_group
+        if key not in GROUPS or o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        for value in values:
+            if value not in group_options(key):
+                raise ConfigError(f"unknown {key} '{value}'; allowed {key}s: {', '.join(group_options(key))}")
+
+
+def _check_keys_exist(parsed, base: dict) -> None:
+    for o in parsed:
+        key = o.key_or_group
+        if key in GROUPS or o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        node: object = base
+        for i, part in enumerate(key.split(".")):
+            if not isinstance(node, dict) or part not in node:
+                parent = ".".join(key.split(".")[:i]) or "the top level"
+                allowed = ", ".join(node) if isinstance(node, dict) else "none (not a mapping)"
+                raise ConfigError(f"unknown key '{key}'; allowed keys under {parent}: {allowed}")
+            node = node[part]
+
+
+def _expand(parsed) -> list[list[str]]:
+    axes = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def _sweep_params_as_overrides(params: dict) -> list[str]:
+    out = []
+    for key, value in params.items():
+        text = json.dumps(value) if isinstance(value, (list, dict)) else ("null" if value is None else str(value))
+        out.append(f"{key}={text}")
+    return out
+
+
+def _resolve_path(path: str) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _check_text_file(path: Path, key: str) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{key}: file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{key}: file is empty: {path}")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{key}: not UTF-8 text ({path}, byte {e.start})") from None
+
+
+def _cross_check(spec: JobSpec, config: dict) -> None:
+    """Checks that span groups or touch the file system."""
+    from methods import check_method  # imported here: methods pulls in torch, which only jobs need
+
+    check_method(spec.method)
+    model, data, train = spec.model, spec.dataset, spec.train
+    if model.max_position_embeddings and train.seq_len > model.max_position_embeddings:
+        raise ConfigError(f"train.seq_len={train.seq_len} exceeds model {model.name}'s "
+                          f"max_position_embeddings={model.max_position_embeddings}")
+    if model.vocab_size and data.vocab_size > model.vocab_size:
+        raise ConfigError(f"dataset {data.name} has {data.vocab_size} token ids but model {model.name} "
+                          f"has vocab_size={model.vocab_size}; lower dataset.vocab_size or pick a larger model")
+    if isinstance(data, TextSpec):
+        config["dataset"]["path"] = str(_resolve_path(data.path))
+        _check_text_file(Path(config["dataset"]["path"]), "dataset.path")
+        if data.eval_path is not None:
+            config["dataset"]["eval_path"] = str(_resolve_path(data.eval_path))
+            _check_text_file(Path(config["dataset"]["eval_path"]), "dataset.eval_path")
+    if spec.run.device == "cpu" and train.dtype == "fp16":
+        raise ConfigError("train.dtype=fp16 is not supported on run.device=cpu; allowed there: auto, fp32, bf16")
+
+
+def _check_results_dir(path: Path) -> None:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.results_dir={path} is not writable (checked {probe})")
+
+
+def run_id_of(config: dict, repeat: int) -> str:
+    identity = json.loads(json.dumps(config))
+    for dotted in OPERATIONAL_KEYS:
+        section, key = dotted.split(".")
+        identity.get(section, {}).pop(key, None)
+    blob = json.dumps({"config": identity, "repeat": repeat}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dirname_of(overrides: list[str]) -> str:
+    kept = sorted(o.lstrip("+~") for o in overrides if o.lstrip("+~").split("=")[0] not in OPERATIONAL_KEYS)
+    name = ",".join(kept) or "defaults"
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+    if len(name) > 120:
+        name = name[:100] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name
+
+
+def split_argv(argv: list[str]) -> tuple[bool, list[str]]:
+    multirun = False
+    overrides = []
+    for arg in argv:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown flag '{arg}'; allowed: -m/--multirun, -h/--help, then key=value overrides")
+        elif "=" not in arg:
+            raise ConfigError(f"'{arg}' is not an override; write key=value (e.g. method=adamw)")
+        else:
+            overrides.append(arg)
+    return multirun, overrides
+
+
+def plan(argv: list[str]) -> list[Job]:
+    """Parse the command line, compose every job of the sweep, validate each; raise ConfigError on any problem."""
+    multirun, cli = split_argv(argv)
+    cli_parsed = _parse(cli)
+    _check_group_values(cli_parsed)
+    keys = [o.key_or_group for o in cli_parsed]
+    for key in keys:
+        if keys.count(key) > 1:
+            given = ", ".join(o.input_line for o in cli_parsed if o.key_or_group == key)
+            raise ConfigError(f"conflicting overrides: {key} is given {keys.count(key)} times ({given}); give it once")
+    for o in cli_parsed:
+        if o.is_sweep_override() and not multirun:
+            raise ConfigError(f"'{o.input_line}' is a sweep; add -m to run it (python -m harness.run -m ...)")
+    sweep_choice = [o.input_line for o in cli_parsed if o.key_or_group == "sweep"]
+    sweep_cfg = _compose(sweep_choice)["sweep"]
+    if not isinstance(sweep_cfg.get("params"), dict):
+        raise ConfigError(f"sweep.params of sweep '{sweep_cfg.get('name')}' must be a mapping of override -> values")
+    # A named sweep's params are defaults; the command line wins on the same key.
+    cli_keys = {o.key_or_group for o in cli_parsed}
+    sweep_parsed = [o for o in _parse(_sweep_params_as_overrides(sweep_cfg["params"])) if o.key_or_group not in cli_keys]
+    _check_group_values(sweep_parsed)
+    parsed = sweep_parsed + [o for o in cli_parsed if o.key_or_group != "sweep"]
+    jobs: list[Job] = []
+    for combo in _expand(parsed):
+        overrides = sweep_choice + combo
+        groups_only = [o for o in overrides if o.split("=")[0].lstrip("+~") in GROUPS]
+        _check_keys_exist(_parse(overrides), _compose(groups_only))
+        config = _compose(overrides)
+        spec = JobSpec.from_dict(config)
+        _cross_check(spec, config)
+        _check_results_dir(_resolve_path(spec.run.results_dir))
+        sweep_dir = _resolve_path(spec.run.results_dir) / spec.sweep.name
+        for repeat in range(spec.run.repeats):
+            run_id = run_id_of(config, repeat)
+            job_dir = sweep_dir / f"{dirname_of(combo)}-r{repeat}"
+            jobs.append(Job(spec, config, tuple(combo), repeat, run_id, job_dir))
+    seen = {}
+    for job in jobs:
+        if job.run_id in seen:
+            raise ConfigError(f"the sweep repeats one job twice ({' '.join(job.overrides)}); check for conflicting overrides")
+        seen[job.run_id] = job
+    return jobs

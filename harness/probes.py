@@ -1,0 +1,186 @@
+"""Memory probes. Every number is bytes and names its probe:
+
+- `CudaPhases`: torch.cuda.max_memory_allocated / max_memory_reserved, peak stats reset at each phase start,
+  read after a synchronize at its end (the caching allocator sees every allocation, however short-lived).
+- `NvmlSampler`: a background thread polling NVML for this process's GPU memory and the device-wide used memory.
+  It sees what the allocator does not (CUDA context, cuBLAS workspace) but can miss peaks shorter than its interval.
+- `LiveTensorProbe`: device-agnostic: a TorchDispatchMode that tracks every storage an op returns and a weakref
+  finalizer that notices its release, so current and peak live bytes are known exactly, on CPU too. It sees op
+  outputs only, not workspaces inside a kernel, and no allocator rounding or caching.
+- `storage_bytes`: bytes of distinct storages behind tensors, counting tensor subclasses (e.g. quantized optimizer
+  state) through their inner tensors (`__tensor_flatten__`), never numel × element_size of the wrapper.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def inner_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Plain tensors that hold the data of `t` (itself, or a subclass's flattened inner tensors)."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        for name in names:
+            yield from inner_tensors(getattr(t, name))
+    else:
+        yield t
+
+
+def _storage_key(t: torch.Tensor):
+    st = t.untyped_storage()
+    return (t.device.type, t.device.index, st.data_ptr()), st
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        for inner in inner_tensors(t):
+            key, st = _storage_key(inner)
+            if st.nbytes() and key not in seen:
+                seen.add(key)
+                total += st.nbytes()
+    return total
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [t for state in optimizer.state.values() for t in tree_leaves(state) if isinstance(t, torch.Tensor)]
+
+
+def model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    return list(model.parameters()) + list(model.buffers())
+
+
+class LiveTensorProbe(TorchDispatchMode):
+    """Exact live bytes of tensor storages, on any device. `register` adds tensors made before the mode was on."""
+
+    def __init__(self):
+        super().__init__()
+        self._live: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.current = 0
+        self.peak = 0
+        self.window_peak = 0
+
+    def register(self, tensors: Iterable[torch.Tensor]) -> None:
+        for t in tensors:
+            self._track(t)
+
+    def start_window(self) -> None:
+        self.window_peak = self.current
+
+    def _track(self, t: torch.Tensor) -> None:
+        for inner in inner_tensors(t):
+            if inner.device.type == "meta":
+                continue
+            st = inner.untyped_storage()
+            nbytes = st.nbytes()
+            key = st._cdata
+            if nbytes == 0 or key in self._live:
+                continue
+            with self._lock:
+                self._live[key] = nbytes
+                self.current += nbytes
+                self.peak = max(self.peak, self.current)
+                self.window_peak = max(self.window_peak, self.current)
+            weakref.finalize(st, self._release, key)
+
+    def _release(self, key: int) -> None:
+        with self._lock:
+            self.current -= self._live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+class NvmlSampler:
+    """Polls NVML in a thread: peak process memory (None where NVML can't see this pid) and device-wide used."""
+
+    def __init__(self, device_index: int, interval_s: float):
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.process_peak: int | None = None
+        self.device_peak = 0
+        self.samples = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        nvml, pid = self._nvml, os.getpid()
+        self.device_peak = max(self.device_peak, int(nvml.nvmlDeviceGetMemoryInfo(self._handle).used))
+        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+            if proc.pid == pid and proc.usedGpuMemory is not None:
+                self.process_peak = max(self.process_peak or 0, int(proc.usedGpuMemory))
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self._interval)
+
+    def start(self) -> NvmlSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return {"nvml_process_peak": self.process_peak, "nvml_device_peak": self.device_peak,
+                "nvml_samples": self.samples}
+
+
+class PhaseProbe:
+    """Per-phase peaks for one probed step: `with probe.phase("forward"): ...` records, for that phase,
+    the CUDA allocated/reserved peaks and the live-tensor peak, plus live bytes at its start and end."""
+
+    def __init__(self, device: torch.device, model: torch.nn.Module, live: LiveTensorProbe | None):
+        self.device = device
+        self.model = model
+        self.live = live
+        self.record: dict[str, int] = {}
+        self.grads_peak = 0
+
+    @contextmanager
+    def phase(self, name: str):
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            # Keep the peak of everything before the probed step: resetting the stats would lose it.
+            self.record.setdefault("peak_allocated_warmup", torch.cuda.max_memory_allocated(self.device))
+            self.record.setdefault("peak_reserved_warmup", torch.cuda.max_memory_reserved(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.record[f"allocated_start_{name}"] = torch.cuda.memory_allocated(self.device)
+        if self.live is not None:
+            self.live.start_window()
+            self.record[f"live_start_{name}"] = self.live.current
+        yield
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            self.record[f"peak_allocated_{name}"] = torch.cuda.max_memory_allocated(self.device)
+            self.record[f"peak_reserved_{name}"] = torch.cuda.max_memory_reserved(self.device)
+            self.record[f"allocated_end_{name}"] = torch.cuda.memory_allocated(self.device)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.grads_peak = max(self.grads_peak, storage_bytes(grads))
+        if self.live is not None:
+            self.record[f"live_peak_{name}"] = self.live.window_peak
+            self.record[f"live_end_{name}"] = self.live.current
+
+
+@contextmanager
+def no_phase(name: str):
+    yield

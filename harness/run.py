@@ -1,0 +1,96 @@
+"""Entry point: `python -m harness.run [-m] key=value ...` — plan, run each job in its own process, summarize.
+
+Examples:
+  python -m harness.run method=adafactor model=llama_60m train.batch_size=16
+  python -m harness.run -m method=adamw,sgd,adafactor 'method.transforms=[],[checkpointing]'
+  python -m harness.run sweep=default_cpu            (a named sweep from conf/sweep/)
+A job whose row already exists in the sweep's rows.jsonl is skipped (resume); run.force=true reruns it.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+from tqdm import tqdm
+
+from harness.config import GROUPS, ConfigError, group_options, plan
+from harness.launch import run_job
+from harness.provenance import git_state
+from harness.results import append_row, read_rows, write_json_atomic
+
+
+def _usage() -> str:
+    groups = "\n".join(f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS)
+    return f"{__doc__}\nConfig groups and their options:\n{groups}\n"
+
+
+def _fmt_bytes(value) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary_table(rows: list[dict]) -> str:
+    header = ["model", "method", "rep", "status", "peak (probe)", "opt state", "activations", "step ms", "tok/s",
+              "eval loss"]
+    lines = [header]
+    for r in rows:
+        peak, probe = (r.get("peak_allocated"), "cuda") if r.get("peak_allocated") is not None else (
+            r.get("cpu_live_peak"), "live")
+        lines.append([str(r.get("model")), str(r.get("method")), str(r.get("repeat")), r.get("status", "?"),
+                      f"{_fmt_bytes(peak)} ({probe})", _fmt_bytes(r.get("optimizer_state")),
+                      _fmt_bytes(r.get("activations")), _fmt(r.get("step_ms"), ".1f"),
+                      _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("eval_loss"), ".4f")])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+    counts = Counter(r.get("status") for r in rows)
+    return text + "\nstatus counts: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def run_sweep(jobs, progress: bool = True) -> list[dict]:
+    provenance = git_state()
+    rows, skipped_existing = [], 0
+    bar = tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
+    for job in bar:
+        rows_path = job.sweep_dir / "rows.jsonl"
+        done = {r["run_id"]: r for r in read_rows(rows_path)}
+        if job.run_id in done and not job.spec.run.force:
+            skipped_existing += 1
+            rows.append(done[job.run_id])
+            continue
+        bar.set_postfix_str(" ".join(job.overrides)[:60])
+        row = run_job(job, provenance)
+        append_row(rows_path, row)
+        write_json_atomic(job.job_dir / "row.json", row)
+        rows.append(row)
+        bar.write(f"[{row['status']}] {' '.join(job.overrides) or 'defaults'} (repeat {job.repeat})"
+                  + (f": {row['error']}" if row.get("error") else ""))
+    if skipped_existing:
+        print(f"{skipped_existing} job(s) already had a row and were not rerun (run.force=true reruns them)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(_usage())
+        return 0
+    try:
+        jobs = plan(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = run_sweep(jobs)
+    print(summary_table(rows))
+    from harness.aggregate import write_report
+
+    for sweep_dir in sorted({job.sweep_dir for job in jobs}):
+        written = write_report(sweep_dir / "rows.jsonl", sweep_dir / "report")
+        print(f"report: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Validated, typed views of the composed config: each group becomes a small frozen dataclass.
+
+`parse(cls, data, where)` checks keys (unknown keys fail with the allowed list), types and Literal choices,
+so a bad value fails before any job starts with one line that names the key and what is allowed.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A bad config or command line: the message is one line saying what was wrong and what is allowed."""
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def parse(cls: type, data: Any, where: str):
+    """Build dataclass `cls` from a plain dict, or raise ConfigError naming `where.key`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key '{where}.{unknown[0]}'; allowed keys in {where}: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name in data:
+            value = data[f.name]
+        elif f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            raise ConfigError(f"missing key '{where}.{f.name}' ({_describe(hints[f.name])})")
+        if isinstance(value, int) and not isinstance(value, bool) and hints[f.name] is float:
+            value = float(value)
+        if not _type_ok(value, hints[f.name]):
+            raise ConfigError(f"{where}.{f.name}={value!r} is invalid; expected {_describe(hints[f.name])}")
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    batch_size: int
+    seq_len: int
+    steps: int
+    warmup_steps: int
+    eval_batches: int
+    dtype: Dtype
+    seed: int
+    lr_schedule: Literal["constant", "cosine"]
+    lr_warmup_steps: int
+
+    def check(self) -> None:
+        for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 2), ("warmup_steps", 1), ("eval_batches", 0),
+                          ("lr_warmup_steps", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"train.{name}={getattr(self, name)} is invalid; it must be >= {low}")
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be < train.steps={self.steps} "
+                              "(at least one timed step)")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    device: Literal["auto", "cpu", "cuda"]
+    repeats: int
+    timeout_s: float
+    force: bool
+    results_dir: str
+    busy_gpu: Literal["flag", "refuse", "ignore"]
+    live_tensor_probe: bool
+    nvml_interval_ms: int
+    inject_fault: Literal["none", "raise", "oom", "segfault", "hang", "nan"]
+
+    def check(self) -> None:
+        if self.repeats < 1:
+            raise ConfigError(f"run.repeats={self.repeats} is invalid; it must be >= 1")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"run.timeout_s={self.timeout_s} is invalid; it must be > 0")
+        if self.nvml_interval_ms < 1:
+            raise ConfigError(f"run.nvml_interval_ms={self.nvml_interval_ms} is invalid; it must be >= 1")
+
+
+@dataclass(frozen=True)
+class LlamaSpec:
+    name: str
+    family: Literal["llama"]
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    vocab_size: int
+    max_position_embeddings: int
+
+    def check(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"model.{f.name}={value} is invalid; it must be >= 1")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"model.hidden_size={self.hidden_size} must be divisible by "
+                              f"model.num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass(frozen=True)
+class HubModelSpec:
+    name: str
+    family: Literal["hub"]
+    hub_name: str
+    pretrained: bool = False
+
+    max_position_embeddings = None  # unknown until the hub config is read in the job
+    vocab_size = None
+
+    def check(self) -> None:
+        if not self.hub_name.strip():
+            raise ConfigError("model.hub_name is empty; give a hub id or a local folder")
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    name: str
+    kind: Literal["synthetic"]
+    vocab_size: int
+    branching: int
+    train_tokens: int
+    eval_tokens: int
+    seed: int
+
+    def check(self) -> None:
+        if self.vocab_size < 2 or not 1 <= self.branching <= self.vocab_size:
+            raise ConfigError(f"dataset.vocab_size={self.vocab_size} / dataset.branching={self.branching} are invalid;"
+                              " need vocab_size >= 2 and 1 <= branching <= vocab_size")
+        for name in ("train_tokens", "eval_tokens"):
+            if getattr(self, name) < 1024:
+                raise ConfigError(f"dataset.{name}={getattr(self, name)} is invalid; it must be >= 1024")
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    name: str
+    kind: Literal["text"]
+    path: str
+    eval_path: str | None = None
+    eval_fraction: float = 0.1
+
+    vocab_size = 256  # byte-level tokens
+
+    def check(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"dataset.eval_fraction={self.eval_fraction} is invalid; it must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class HubDataSpec:
+    name: str
+    kind: Literal["hub"]
+    hub_name: str
+    hub_config: str | None = None
+    split: str = "train"
+    eval_split: str = "validation"
+    text_field: str = "text"
+
+    vocab_size = 256
+
+    def check(self) -> None:
+        if not self.hub_name.strip():
+            raise ConfigError("dataset.hub_name is empty; give a hub dataset id")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    optimizer: dict
+    transforms: list[str] = field(default_factory=list)
+    loop: str = "standard"
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    memory_bytes: int | None
+    peak_bf16_flops: float | None
+    bandwidth_bytes_per_s: float | None
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    name: str
+    kind: Literal["train"]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    params: dict
+
+    def check(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
+            raise ConfigError(f"sweep.name={self.name!r} is invalid; use letters, digits, '-', '_', '.'")
+
+
+MODEL_FAMILIES = {"llama": LlamaSpec, "hub": HubModelSpec}
+DATASET_KINDS = {"synthetic": SyntheticSpec, "text": TextSpec, "hub": HubDataSpec}
+
+
+def _by_kind(table: dict, data: Any, key: str, where: str):
+    kind = data.get(key) if isinstance(data, dict) else None
+    if kind not in table:
+        raise ConfigError(f"{where}.{key}={kind!r} is invalid; allowed: {', '.join(table)}")
+    return parse(table[kind], data, where)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One fully validated job: what the child process builds and runs."""
+
+    model: LlamaSpec | HubModelSpec
+    dataset: SyntheticSpec | TextSpec | HubDataSpec
+    method: MethodSpec
+    scenario: ScenarioSpec
+    gpu: GpuSpec
+    sweep: SweepSpec
+    train: TrainSpec
+    run: RunSpec
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> JobSpec:
+        expected = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(expected))
+        if unknown:
+            raise ConfigError(f"unknown top-level key '{unknown[0]}'; allowed: {', '.join(expected)}")
+        spec = cls(
+            model=_by_kind(MODEL_FAMILIES, cfg.get("model"), "family", "model"),
+            dataset=_by_kind(DATASET_KINDS, cfg.get("dataset"), "kind", "dataset"),
+            method=parse(MethodSpec, cfg.get("method"), "method"),
+            scenario=parse(ScenarioSpec, cfg.get("scenario"), "scenario"),
+            gpu=parse(GpuSpec, cfg.get("gpu"), "gpu"),
+            sweep=parse(SweepSpec, cfg.get("sweep"), "sweep"),
+            train=parse(TrainSpec, cfg.get("train"), "train"),
+            run=parse(RunSpec, cfg.get("run"), "run"),
+        )
+        for part in (spec.model, spec.dataset, spec.train, spec.run, spec.sweep):
+            part.check()
+        return spec

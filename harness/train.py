@@ -1,0 +1,172 @@
+"""The training job: build → warm up → one probed step → timed steps → held-out eval. Fills `record` as it goes,
+so a job that fails half-way still reports what it measured up to the failure.
+
+Timing: warm-up steps are excluded; every step is bracketed by a device synchronize; step_ms is the median of the
+timed steps, with p20/p80. The probed step is the last warm-up step (optimizer state already exists) and is
+not timed: per-phase synchronizes and the live-tensor probe slow it down.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from harness import data as data_lib
+from harness.models import build_model, flops_per_token
+from harness.probes import (LiveTensorProbe, NvmlSampler, PhaseProbe, model_tensors, no_phase,
+                            optimizer_state_tensors, storage_bytes)
+from harness.schema import JobSpec
+from methods import apply_transforms, build_optimizer, loop_step
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return DTYPES[name]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _lr_lambda(spec: JobSpec):
+    warm, total, cosine = spec.train.lr_warmup_steps, spec.train.steps, spec.train.lr_schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault=lambda stage, model: None) -> None:
+    cuda = device.type == "cuda"
+    dtype = resolve_dtype(spec.train.dtype, device)
+    record.update(dtype=str(dtype).removeprefix("torch."), seed=spec.train.seed, data_seed=spec.train.seed)
+    seed_everything(spec.train.seed)
+    nvml = NvmlSampler(device.index or 0, spec.run.nvml_interval_ms / 1000).start() if cuda else None
+    try:
+        _train_and_eval(spec, device, dtype, record, inject_fault)
+    finally:
+        if nvml is not None:
+            record.update(nvml.stop())
+        if cuda:
+            record["peak_reserved"] = max(record.get("peak_reserved") or 0, torch.cuda.max_memory_reserved(device))
+
+
+def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
+    cuda, train = device.type == "cuda", spec.train
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        record["allocated_baseline"] = torch.cuda.memory_allocated(device)
+    model = apply_transforms(spec.method, build_model(spec.model, dtype, device), device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    record.update(n_params=sum(p.numel() for p in model.parameters()), n_trainable=sum(p.numel() for p in params),
+                  weights=storage_bytes(model_tensors(model)))
+    if cuda:
+        _sync(device)
+        record["peak_allocated_load"] = torch.cuda.max_memory_allocated(device)
+    train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset)
+    record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
+    windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
+    optimizer = build_optimizer(spec.method, params, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
+    step_fn = loop_step(spec.method)
+    inject_fault("after_load", model)
+
+    live = LiveTensorProbe() if spec.run.live_tensor_probe else None
+    probe = PhaseProbe(device, model, live)
+    losses, times_ms = [], []
+    for step in range(train.steps):
+        batch = windows.next().to(device)
+        probed = step == train.warmup_steps - 1
+        if probed and live is not None:
+            live.register(model_tensors(model) + optimizer_state_tensors(optimizer) + [batch])
+        _sync(device)
+        start = time.perf_counter()
+        with live if probed and live is not None else nullcontext():
+            loss = step_fn(model, optimizer, batch, probe.phase if probed else no_phase)
+        scheduler.step()
+        _sync(device)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        value = loss.float().item()
+        losses.append(value)
+        if not math.isfinite(value):
+            record.update(train_loss=None, diverged_step=step)
+            raise Diverged(f"loss is {value} at step {step}")
+        if step >= train.warmup_steps:
+            times_ms.append(elapsed_ms)
+        if probed:
+            record.update(probe.record)
+            record["grads"] = probe.grads_peak
+            record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
+            if live is not None:
+                record.update(cpu_live_peak=live.peak,
+                              activations=record["live_end_forward"] - record["live_start_forward"],
+                              activations_probe="live_tensors")
+            elif cuda:
+                record.update(activations=record["allocated_end_forward"] - record["allocated_start_forward"],
+                              activations_probe="cuda_allocated")
+    _sync(device)
+    record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
+    if cuda:
+        record["peak_allocated"] = max(torch.cuda.max_memory_allocated(device),
+                                       *(v for k, v in record.items() if k.startswith("peak_allocated_")))
+        record["peak_reserved"] = max(torch.cuda.max_memory_reserved(device),
+                                      *(v for k, v in record.items() if k.startswith("peak_reserved_")))
+    tokens_per_step = train.batch_size * train.seq_len
+    step_ms = float(np.median(times_ms))
+    record.update(step_ms=step_ms, step_ms_p20=_percentile(times_ms, 20), step_ms_p80=_percentile(times_ms, 80),
+                  timed_steps=len(times_ms), tokens_per_s=tokens_per_step * 1000 / step_ms,
+                  train_loss_first=losses[0], train_loss=float(np.mean(losses[-min(5, len(losses)):])),
+                  flops_per_token=flops_per_token(model, train.seq_len))
+    peak_flops = record.get("gpu_peak_bf16_flops")
+    if cuda and peak_flops and dtype in (torch.bfloat16, torch.float16):
+        record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
+    _evaluate(model, eval_tokens, spec, device, record)
+
+
+@torch.no_grad()
+def _evaluate(model, tokens, spec, device, record) -> None:
+    batches = data_lib.eval_batches(tokens, spec.train.batch_size, spec.train.seq_len, spec.train.eval_batches)
+    if not batches:
+        return
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.eval()
+    total = 0.0
+    for batch in batches:
+        batch = batch.to(device)
+        total += model(input_ids=batch, labels=batch).loss.float().item()
+    model.train()
+    record.update(eval_loss=total / len(batches), eval_batches=len(batches),
+                  eval_tokens=len(batches) * spec.train.batch_size * spec.train.seq_len)
+    record["eval_ppl"] = math.exp(min(record["eval_loss"], 700.0))
+    if device.type == "cuda":
+        record["peak_allocated_eval"] = torch.cuda.max_memory_allocated(device)

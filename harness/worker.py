@@ -1,0 +1,107 @@
+"""The job process: `python -m harness.worker <job_dir>` reads job.json, runs the job, writes result.json.
+
+Every outcome it can see becomes a status (ok, oom, diverged, skipped, error); outcomes it cannot see (a segfault,
+a kill, a hang) are turned into rows by the parent (harness.launch).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from harness.provenance import cuda_state, host_state
+from harness.results import write_json_atomic
+from harness.schema import JobSpec
+from harness.train import Diverged, run_training
+
+
+class MissingPackage(RuntimeError):
+    """An optional package a method needs is not installed: the job is `skipped`, not failed."""
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:limit]
+
+
+def _resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is visible")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", 0) if requested == "cuda" else torch.device("cpu")
+
+
+def _gpu_figures(spec: JobSpec, record: dict) -> None:
+    """gpu=auto: match the NVML name against conf/gpu/*.yaml for the datasheet figures used in MFU."""
+    import yaml
+
+    from harness import CONF_DIR
+
+    name = spec.gpu.name
+    if name == "auto":
+        label = (record.get("gpu_name") or "").lower()
+        candidates = {"h200": "h200", "h100": "h100", "a100": "a100_80gb", "4090": "rtx4090", " l4": "l4"}
+        name = next((v for k, v in candidates.items() if k in f" {label}"), "unknown")
+    figures = yaml.safe_load((CONF_DIR / "gpu" / f"{name}.yaml").read_text()) if name != "unknown" else {}
+    record.update(gpu=name, gpu_peak_bf16_flops=figures.get("peak_bf16_flops"))
+
+
+def _fault_injector(kind: str):
+    """Failure drills (run.inject_fault) so the runner's handling of each failure is tested for real."""
+    def inject(stage: str, model) -> None:
+        if kind == "raise":
+            raise RuntimeError("injected fault")
+        if kind == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 TiB (injected by run.inject_fault)")
+        if kind == "segfault":
+            ctypes.string_at(0)
+        if kind == "hang":
+            time.sleep(10**6)
+        if kind == "nan":
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    return inject
+
+
+def execute(job_dir: Path) -> dict:
+    job = json.loads((job_dir / "job.json").read_text())
+    record: dict = {"status": "ok", "error": None, "empty_cache_policy": "never inside a job"}
+    try:
+        spec = JobSpec.from_dict(job["config"])
+        record.update(host_state())
+        device = _resolve_device(spec.run.device)
+        record["device"] = device.type
+        if device.type == "cuda":
+            record.update(cuda_state(0))
+            _gpu_figures(spec, record)
+        else:
+            record["gpu"] = "cpu"
+        run_training(spec, device, record, _fault_injector(spec.run.inject_fault))
+    except MissingPackage as e:
+        record.update(status="skipped", error=one_line(e))
+    except torch.OutOfMemoryError as e:
+        record.update(status="oom", error=one_line(e))
+    except Diverged as e:
+        record.update(status="diverged", error=one_line(e))
+    except Exception as e:  # every other failure becomes a row, with the traceback in the job's log
+        traceback.print_exc()
+        record.update(status="error", error=one_line(e))
+    return record
+
+
+def main() -> None:
+    job_dir = Path(sys.argv[1])
+    record = execute(job_dir)
+    write_json_atomic(job_dir / "result.json", record)
+    print(f"status={record['status']}" + (f" error={record['error']}" if record["error"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()

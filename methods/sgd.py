@@ -1,0 +1,22 @@
+"""SGD (with optional heavy-ball momentum) via torch.optim.SGD.
+
+    b_t = μ b_{t-1} + g_t  (μ > 0),   θ_t = θ_{t-1} - lr (b_t or g_t)
+State: none when μ = 0; one momentum buffer per parameter otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Options:
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+def build(params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay,
+                           foreach=True)
