@@ -49,12 +49,12 @@ class Job:
         return self.job_dir.parent
 
 
-def _compose(overrides: list[str]) -> dict:
+def _compose(overrides: list[str], throw_on_missing: bool = True) -> dict:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=throw_on_missing)
     except MissingMandatoryValue as e:
         key = getattr(e, "full_key", "") or "a value"
         raise ConfigError(f"{key} must be set (it is ??? in its YAML); e.g. {key}=VALUE") from None
@@ -147,8 +147,22 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
         if data.eval_path is not None:
             config["dataset"]["eval_path"] = str(_resolve_path(data.eval_path))
             _check_text_file(Path(config["dataset"]["eval_path"]), "dataset.eval_path")
+    if spec.run.device == "cuda" and not nvidia_gpu_count():
+        raise ConfigError("run.device=cuda but no NVIDIA GPU is visible (NVML); use run.device=cpu or auto")
     if spec.run.device == "cpu" and train.dtype == "fp16":
         raise ConfigError("train.dtype=fp16 is not supported on run.device=cpu; allowed there: auto, fp32, bf16")
+
+
+@lru_cache(maxsize=1)
+def nvidia_gpu_count() -> int:
+    """GPUs NVML can see, without creating a CUDA context in this (parent) process."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # no driver, no library: no GPU
+        return 0
 
 
 def _check_results_dir(path: Path) -> None:
@@ -206,7 +220,7 @@ def plan(argv: list[str]) -> list[Job]:
         if o.is_sweep_override() and not multirun:
             raise ConfigError(f"'{o.input_line}' is a sweep; add -m to run it (python -m harness.run -m ...)")
     sweep_choice = [o.input_line for o in cli_parsed if o.key_or_group == "sweep"]
-    sweep_cfg = _compose(sweep_choice)["sweep"]
+    sweep_cfg = _compose(sweep_choice, throw_on_missing=False)["sweep"]
     if not isinstance(sweep_cfg.get("params"), dict):
         raise ConfigError(f"sweep.params of sweep '{sweep_cfg.get('name')}' must be a mapping of override -> values")
     # A named sweep's params are defaults; the command line wins on the same key.
@@ -218,7 +232,7 @@ def plan(argv: list[str]) -> list[Job]:
     for combo in _expand(parsed):
         overrides = sweep_choice + combo
         groups_only = [o for o in overrides if o.split("=")[0].lstrip("+~") in GROUPS]
-        _check_keys_exist(_parse(overrides), _compose(groups_only))
+        _check_keys_exist(_parse(overrides), _compose(groups_only, throw_on_missing=False))
         config = _compose(overrides)
         spec = JobSpec.from_dict(config)
         _cross_check(spec, config)

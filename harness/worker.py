@@ -63,7 +63,7 @@ def _fault_injector(kind: str):
             ctypes.string_at(0)
         if kind == "hang":
             time.sleep(10**6)
-        if kind == "nan":
+        if kind == "nan_loss":
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
 

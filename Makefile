@@ -1,0 +1,45 @@
+# membench — `make help` lists the targets. On a fresh machine: `make bench`, then `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Which default sweep `make bench` runs: default_gpu where CUDA is visible, default_cpu otherwise.
+SWEEP ?= $(shell $(PY) -c "import torch; print('default_gpu' if torch.cuda.is_available() else 'default_cpu')" 2>/dev/null || echo default_cpu)
+ARGS ?=
+
+.PHONY: help setup bench test test-gpu report lint gate gate-update clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install the project (torch only when it is not importable)
+
+$(STAMP): pyproject.toml
+	@if python3 -c "import torch" 2>/dev/null; then \
+	  echo "torch found on python3: the venv reuses it (--system-site-packages)"; \
+	  python3 -m venv --system-site-packages $(VENV); \
+	else \
+	  python3 -m venv $(VENV); \
+	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 \
+	    || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+bench: $(STAMP) ## run the default sweep for this machine (CPU or GPU sized), print the table, write the report
+	$(PY) -m harness.run sweep=$(SWEEP) $(ARGS)
+
+test: $(STAMP) ## CPU tests (fast; GPU tests skip without CUDA)
+	$(PY) -m pytest -q $(ARGS)
+
+test-gpu: $(STAMP) ## only the tests marked gpu (run on a GPU host)
+	$(PY) -m pytest -q -m gpu $(ARGS)
+
+report: $(STAMP) ## tables and plots from every rows file under results/
+	$(PY) -m harness.aggregate results $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check harness methods kernels tests
+
+clean: ## remove run folders (committed results stay)
+	rm -rf results/runs

@@ -1,0 +1,49 @@
+import pandas as pd
+
+from harness.aggregate import load_rows, tidy, write_report
+from harness.plots import pareto_front
+from harness.results import append_row
+
+
+def _row(run_id, method, repeat, peak, loss, step_ms, status="ok"):
+    return {"run_id": run_id, "sweep": "s", "repeat": repeat, "status": status, "error": None, "model": "m",
+            "dataset": "d", "method": method, "scenario": "pretrain", "gpu": "cpu", "device": "cpu",
+            "dtype": "float32", "batch_size": 2, "seq_len": 8, "transforms": [], "cpu_live_peak": peak,
+            "weights": 10, "grads": 10, "optimizer_state": 20 if method == "adamw" else 0, "activations": 5,
+            "eval_loss": loss, "step_ms": step_ms, "tokens_per_s": 16000 / step_ms if step_ms else None}
+
+
+def test_pareto_front():
+    points = [(1, 5), (2, 4), (3, 4.5), (4, 1), (5, 1)]
+    assert pareto_front(points, minimize_x=True) == [0, 1, 3]
+    assert pareto_front(points, minimize_x=False) == [4]
+
+
+def test_tidy_reports_median_and_spread_over_repeats(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    for i, step in enumerate([10.0, 30.0, 20.0]):
+        append_row(path, _row(f"a{i}", "adamw", i, 100, 2.0 + i / 10, step))
+    append_row(path, _row("s0", "sgd", 0, 60, 3.0, 5.0))
+    append_row(path, _row("s1", "sgd", 1, None, None, None, status="oom"))
+    table = tidy(load_rows([path])).set_index("method")
+    assert table.loc["adamw", "step_ms"] == 20.0 and table.loc["adamw", "repeats"] == 3
+    assert (table.loc["adamw", "step_ms_min"], table.loc["adamw", "step_ms_max"]) == (10.0, 30.0)
+    assert table.loc["sgd", "status"] == "ok/oom" and table.loc["sgd", "eval_loss"] == 3.0
+
+
+def test_latest_row_wins_per_run_id(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    append_row(path, _row("a", "adamw", 0, 100, 2.0, 10.0, status="error"))
+    append_row(path, _row("a", "adamw", 0, 100, 2.0, 10.0))
+    assert list(load_rows([path])["status"]) == ["ok"]
+
+
+def test_report_files(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    append_row(path, _row("a", "adamw", 0, 100, 2.0, 10.0))
+    append_row(path, _row("b", "sgd", 0, 60, 3.0, 5.0))
+    written = write_report(path, tmp_path / "report")
+    assert {p.name for p in written} == {"table.csv", "table.md", "pareto_memory.png", "pareto_throughput.png",
+                                         "memory_breakdown.png"}
+    assert "| adamw |" in (tmp_path / "report" / "table.md").read_text()
+    assert len(pd.read_csv(tmp_path / "report" / "table.csv")) == 2

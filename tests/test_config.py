@@ -1,0 +1,96 @@
+"""Every YAML composes and validates; bad input fails at planning with one line."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import CONF_DIR
+from harness.config import GROUPS, group_options, nvidia_gpu_count, plan
+from harness.schema import ConfigError
+
+NEEDS = {("model", "hub"): ["model.hub_name=some-org/some-model"], ("dataset", "hub"): ["dataset.hub_name=wikitext"]}
+
+
+def _expected_failure(group: str, option: str) -> str | None:
+    """Options that cannot compose on this machine, and the error that must say why."""
+    if (group, option) in (("dataset", "wikitext2"), ("dataset", "tinyshakespeare")):
+        path = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text())["path"]
+        if not (CONF_DIR.parent / path).exists():
+            return "file not found"
+    if (group, option) == ("sweep", "default_gpu") and not nvidia_gpu_count():
+        return "no NVIDIA GPU is visible"
+    return None
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_yaml_composes(group, option, results_dir, tmp_path):
+    extra = NEEDS.get((group, option), [])
+    if (group, option) == ("dataset", "text_file"):
+        (tmp_path / "corpus.txt").write_text("hello world\n" * 1000)
+        extra = [f"dataset.path={tmp_path / 'corpus.txt'}"]
+    args = [f"{group}={option}", f"run.results_dir={results_dir}", *extra]
+    failure = _expected_failure(group, option)
+    if failure:
+        with pytest.raises(ConfigError, match=failure):
+            plan(args)
+        return
+    jobs = plan(["-m", *args] if group == "sweep" else args)
+    assert jobs and all(job.run_id for job in jobs)
+    assert not results_dir.exists(), "planning must not write anything"
+
+
+@pytest.mark.parametrize("path", sorted(CONF_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF_DIR)))
+def test_yaml_header_says_how_to_run_and_name_matches(path: Path):
+    text = path.read_text()
+    assert text.startswith("#") and "python -m harness.run" in text.split("\n\n")[0] or \
+        "python -m harness.run" in "\n".join(line for line in text.splitlines() if line.startswith("#")), \
+        f"{path} needs a header comment showing how to run it"
+    data = yaml.safe_load(text)
+    if path.parent != CONF_DIR and path.parent.name != "sweep":
+        assert data["name"] == path.stem, f"{path}: name must equal the file name"
+
+
+def test_default_sweeps_cover_the_required_methods():
+    cpu = yaml.safe_load((CONF_DIR / "sweep" / "default_cpu.yaml").read_text())["params"]["method"].split(",")
+    gpu = yaml.safe_load((CONF_DIR / "sweep" / "default_gpu.yaml").read_text())["params"]
+    assert {"adamw", "sgd", "adafactor", "adamw_ckpt"} <= set(cpu) and set(cpu) <= set(gpu["method"].split(","))
+    assert set(gpu["model"].split(",")) == {"llama_60m", "llama_1b"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["method=nope"], "unknown method 'nope'; allowed methods: adafactor, adamw"),
+    (["model=llama_3b"], "unknown model 'llama_3b'; allowed models:"),
+    (["train.foo=1"], "unknown key 'train.foo'; allowed keys under train: batch_size"),
+    (["method=adamw,sgd"], "is a sweep; add -m"),
+    (["method=adamw", "method=sgd"], "conflicting overrides: method is given 2 times"),
+    (["train.batch_size=0"], "train.batch_size=0 is invalid; it must be >= 1"),
+    (["train.seq_len=4096"], "exceeds model llama_tiny's max_position_embeddings=512"),
+    (["method.optimizer.lr=fast"], "method.optimizer.lr='fast' is invalid; expected float"),
+    (["+method.optimizer.momentum=0.9"], "unknown key 'method.optimizer.momentum'; allowed keys in method.optimizer"),
+    (["method.transforms=[nope]"], "unknown method.transforms entry 'nope'; allowed: checkpointing"),
+    (["train.dtype=fp8"], "train.dtype='fp8' is invalid; expected one of auto, fp32, bf16, fp16"),
+    (["model=hub"], "model.hub_name must be set"),
+    (["--verbose"], "unknown flag '--verbose'"),
+    (["method"], "'method' is not an override"),
+])
+def test_bad_input_is_one_clear_line(args, message, results_dir):
+    with pytest.raises(ConfigError) as info:
+        plan([*args, f"run.results_dir={results_dir}"])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not results_dir.exists()
+
+
+def test_sweep_expands_and_cli_wins_over_sweep_params(results_dir):
+    jobs = plan(["sweep=default_cpu", "method=sgd", f"run.results_dir={results_dir}"])
+    assert [j.spec.method.name for j in jobs] == ["sgd"]
+    jobs = plan(["-m", "sweep=default_cpu", "train.batch_size=2,4", f"run.results_dir={results_dir}"])
+    assert len(jobs) == 8 and {j.spec.train.batch_size for j in jobs} == {2, 4}
+    assert len({j.job_dir for j in jobs}) == 8 and len({j.run_id for j in jobs}) == 8
+
+
+def test_run_id_ignores_operational_keys(results_dir):
+    a = plan([f"run.results_dir={results_dir}"])[0]
+    b = plan([f"run.results_dir={results_dir}", "run.timeout_s=5", "run.force=true"])[0]
+    c = plan([f"run.results_dir={results_dir}", "train.seed=1"])[0]
+    assert a.run_id == b.run_id != c.run_id

@@ -1,0 +1,52 @@
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from harness.data import RandomWindows, eval_batches, load_tokens
+from harness.schema import SyntheticSpec, TextSpec
+
+
+def _spec(**kw):
+    base = dict(name="synthetic", kind="synthetic", vocab_size=64, branching=4, train_tokens=200_000,
+                eval_tokens=20_000, seed=7)
+    return SyntheticSpec(**{**base, **kw})
+
+
+def test_synthetic_corpus_has_the_stated_entropy_floor():
+    train, held_out, info = load_tokens(_spec())
+    p = 1 / torch.arange(1, 5, dtype=torch.float64)
+    p /= p.sum()
+    assert info["entropy_floor"] == pytest.approx(float(-(p * p.log()).sum()), rel=1e-12)
+    pairs = Counter(zip(train[:-1].tolist(), train[1:].tolist(), strict=True))
+    firsts = Counter(train[:-1].tolist())
+    n = len(train) - 1
+    empirical = -sum(c / n * math.log(c / firsts[a]) for (a, _), c in pairs.items())
+    assert empirical == pytest.approx(info["entropy_floor"], abs=0.02)
+
+
+def test_synthetic_is_deterministic_and_eval_is_a_different_sample():
+    a_train, a_eval, _ = load_tokens(_spec())
+    b_train, b_eval, _ = load_tokens(_spec())
+    assert torch.equal(a_train, b_train) and torch.equal(a_eval, b_eval)
+    assert not torch.equal(a_train[: len(a_eval)], a_eval)
+    assert int(a_train.max()) < 64
+
+
+def test_text_file_is_byte_tokens_with_held_out_tail(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("héllo\nworld\n" * 50)
+    train, held_out, _ = load_tokens(TextSpec(name="t", kind="text", path=str(path), eval_fraction=0.2))
+    total = len(("héllo\nworld\n" * 50).rstrip("\n").encode())
+    assert len(train) + len(held_out) == total and int(train.max()) < 256
+
+
+def test_windows_are_seeded_and_eval_batches_fixed():
+    tokens = torch.arange(10_000)
+    a, b = RandomWindows(tokens, 4, 16, seed=3), RandomWindows(tokens, 4, 16, seed=3)
+    assert torch.equal(a.next(), b.next())
+    batches = eval_batches(tokens, 4, 16, 3)
+    assert len(batches) == 3 and torch.equal(batches[0][0], torch.arange(16))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        eval_batches(torch.arange(10), 4, 16, 1)

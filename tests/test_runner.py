@@ -1,0 +1,85 @@
+"""End to end through the CLI: a CPU sweep of the four spine methods, the probe's exact numbers, resume, CLI errors."""
+import json
+
+import pytest
+
+from tests.helpers import FAST, rows_of, run_cli
+
+METHODS = ["adamw", "sgd", "adafactor", "adamw_ckpt"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    results_dir = tmp_path_factory.mktemp("sweep") / "results"
+    proc = run_cli(["-m", f"method={','.join(METHODS)}", *FAST], results_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return results_dir, proc, {r["method"]: r for r in rows_of(results_dir)}
+
+
+def test_all_rows_ok_with_provenance(sweep):
+    _, proc, rows = sweep
+    assert sorted(rows) == sorted(METHODS)
+    for row in rows.values():
+        assert row["status"] == "ok", row["error"]
+        assert row["device"] == "cpu" and row["pkg_torch"] and row["git_sha"] and row["hostname"]
+        for key in ("weights", "grads", "optimizer_state", "activations", "cpu_live_peak"):
+            assert isinstance(row[key], int), key
+        assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and row["eval_loss"] > 0
+    assert "status counts: ok=4" in proc.stdout
+
+
+def test_adamw_state_is_exactly_two_moments_plus_step_counters(sweep):
+    row = sweep[2]["adamw"]
+    param_bytes = row["n_trainable"] * 4  # fp32 on CPU
+    config = row["config"]["model"]
+    n_tensors = 1 + 9 * config["num_hidden_layers"] + 1 + 1  # embed, 9 per layer, final norm, lm_head
+    assert row["optimizer_state"] == 2 * param_bytes + 4 * n_tensors  # m and v, plus a float32 step per tensor
+    assert row["grads"] == param_bytes
+
+
+def test_sgd_without_momentum_keeps_no_state(sweep):
+    assert sweep[2]["sgd"]["optimizer_state"] == 0
+
+
+def test_adafactor_state_far_below_adamw(sweep):
+    rows = sweep[2]
+    assert rows["adafactor"]["optimizer_state"] < rows["adamw"]["optimizer_state"] / 10
+
+
+def test_checkpointing_lowers_measured_activations(sweep):
+    rows = sweep[2]
+    assert rows["adamw_ckpt"]["activations"] < 0.7 * rows["adamw"]["activations"]
+    assert rows["adamw_ckpt"]["cpu_live_peak"] < rows["adamw"]["cpu_live_peak"]
+    assert rows["adamw_ckpt"]["optimizer_state"] == rows["adamw"]["optimizer_state"]
+
+
+def test_report_written(sweep):
+    results_dir = sweep[0]
+    report = results_dir / "adhoc" / "report"
+    for name in ("table.csv", "table.md", "pareto_memory.png", "pareto_throughput.png", "memory_breakdown.png"):
+        assert (report / name).stat().st_size > 0, name
+
+
+def test_rerun_skips_existing_rows_and_force_reruns(sweep):
+    results_dir = sweep[0]
+    proc = run_cli(["method=sgd", *FAST], results_dir)
+    assert proc.returncode == 0 and "already had a row" in proc.stdout
+    assert len(rows_of(results_dir)) == 4
+    proc = run_cli(["method=sgd", "run.force=true", *FAST], results_dir)
+    assert proc.returncode == 0 and len(rows_of(results_dir)) == 5
+
+
+def test_job_folder_holds_config_row_and_log(sweep):
+    results_dir = sweep[0]
+    folder = next((results_dir / "adhoc").glob("*method=adamw,*"))
+    assert json.loads((folder / "job.json").read_text())["config"]["method"]["name"] == "adamw"
+    assert json.loads((folder / "row.json").read_text())["status"] == "ok"
+    assert "status=ok" in (folder / "log.txt").read_text()
+
+
+def test_unknown_method_exits_nonzero_with_one_line_and_no_row(tmp_path):
+    proc = run_cli(["method=nope"], tmp_path / "results")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "adamw" in lines[0] and "adafactor" in lines[0] and "sgd" in lines[0]
+    assert not (tmp_path / "results").exists()
