@@ -81,6 +81,7 @@ def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault
 
 def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     cuda, train = device.type == "cuda", spec.train
+    clock = time.perf_counter()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         record["allocated_baseline"] = torch.cuda.memory_allocated(device)
@@ -92,6 +93,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     if cuda:
         _sync(device)
         record["peak_allocated_load"] = torch.cuda.max_memory_allocated(device)
+    record["load_s"] = time.perf_counter() - clock
     train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset)
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
     windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
@@ -99,6 +101,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
     step_fn = loop_step(spec.method)
     inject_fault("after_load", model)
+    record["data_s"] = time.perf_counter() - clock - record["load_s"]
+    clock = time.perf_counter()
 
     live = LiveTensorProbe() if spec.run.live_tensor_probe else None
     probe = PhaseProbe(device, model, live)
@@ -149,7 +153,10 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     peak_flops = record.get("gpu_peak_bf16_flops")
     if cuda and peak_flops and dtype in (torch.bfloat16, torch.float16):
         record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
+    record["train_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     _evaluate(model, eval_tokens, spec, device, record)
+    record["eval_s"] = time.perf_counter() - clock
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ def _resolve_device(requested: str) -> torch.device:
 
 def _gpu_figures(spec: JobSpec, record: dict) -> None:
     """gpu=auto: match the NVML name against conf/gpu/*.yaml for the datasheet figures used in MFU."""
-    import yaml
+    from omegaconf import OmegaConf
 
     from harness import CONF_DIR
 
@@ -48,7 +48,7 @@ def _gpu_figures(spec: JobSpec, record: dict) -> None:
         label = (record.get("gpu_name") or "").lower()
         candidates = {"h200": "h200", "h100": "h100", "a100": "a100_80gb", "4090": "rtx4090", " l4": "l4"}
         name = next((v for k, v in candidates.items() if k in f" {label}"), "unknown")
-    figures = yaml.safe_load((CONF_DIR / "gpu" / f"{name}.yaml").read_text()) if name != "unknown" else {}
+    figures = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "gpu" / f"{name}.yaml")) if name != "unknown" else {}
     record.update(gpu=name, gpu_peak_bf16_flops=figures.get("peak_bf16_flops"))
 
 

@@ -94,3 +94,10 @@ def test_run_id_ignores_operational_keys(results_dir):
     b = plan([f"run.results_dir={results_dir}", "run.timeout_s=5", "run.force=true"])[0]
     c = plan([f"run.results_dir={results_dir}", "train.seed=1"])[0]
     assert a.run_id == b.run_id != c.run_id
+
+
+@pytest.mark.parametrize("option", group_options("gpu"))
+def test_gpu_figures_are_numbers_for_any_yaml_reader(option):
+    data = yaml.safe_load((CONF_DIR / "gpu" / f"{option}.yaml").read_text())
+    for key in ("memory_bytes", "peak_bf16_flops", "bandwidth_bytes_per_s"):
+        assert data[key] is None or isinstance(data[key], (int, float)), f"{option}.{key}={data[key]!r}"
