@@ -24,14 +24,21 @@ def pareto_front(points: list[tuple[float, float]], minimize_x: bool) -> list[in
     return front
 
 
-def _label(row) -> str:
-    return row["method"] + (f" +{row['transforms']}" if row.get("transforms") not in ("", "-", None) else "")
+def _labels(frame: pd.DataFrame) -> list[str]:
+    """Method names; transforms are appended only where one method appears with several transform sets."""
+    variants = frame.groupby("method")["transforms"].nunique()
+    return [r["method"] + (f" +{r['transforms']}" if variants[r["method"]] > 1 and r["transforms"] not in ("", "-")
+                           else "") for _, r in frame.iterrows()]
+
+
+def _unit(values: pd.Series) -> tuple[float, str]:
+    return (GIB, "GiB") if values.max() >= GIB / 2 else (2**20, "MiB")
 
 
 def _memory_column(table: pd.DataFrame) -> tuple[str, str]:
     if table["peak_allocated"].notna().any():
-        return "peak_allocated", "peak allocated, GiB (torch.cuda)"
-    return "cpu_live_peak", "peak live tensors, GiB (CPU live-tensor probe)"
+        return "peak_allocated", "peak allocated (torch.cuda)"
+    return "cpu_live_peak", "peak live tensors (CPU live-tensor probe)"
 
 
 def _pareto_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path | None:
@@ -42,6 +49,7 @@ def _pareto_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path 
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         sub = data[data["model"] == model].reset_index(drop=True)
+        labels = _labels(sub)
         xs, ys = (sub[x_col] / scale).tolist(), sub["eval_loss"].tolist()
         front = pareto_front(list(zip(xs, ys, strict=True)), minimize_x)
         for i, row in sub.iterrows():
@@ -54,7 +62,7 @@ def _pareto_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path 
             ax.errorbar(xs[i], ys[i], xerr=xerr, yerr=yerr, fmt="o", ms=7, capsize=3,
                         mfc="tab:red" if i in front else "white", mec="tab:red" if i in front else "tab:blue",
                         ecolor="gray")
-            ax.annotate(_label(row), (xs[i], ys[i]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ordered = sorted(front, key=lambda i: xs[i])
         ax.plot([xs[i] for i in ordered], [ys[i] for i in ordered], "--", color="tab:red", lw=1, label="Pareto front")
         ax.set_title(f"{model}")
@@ -62,7 +70,7 @@ def _pareto_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path 
         ax.set_ylabel("eval loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -71,11 +79,12 @@ def _pareto_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path 
 
 def pareto(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     mem_col, mem_label = _memory_column(table)
+    scale, unit = _unit(table[mem_col].dropna()) if table[mem_col].notna().any() else (GIB, "GiB")
     written = [
-        _pareto_plot(table, mem_col, mem_label, True, GIB, out_dir / "pareto_memory.png",
-                     "eval loss vs peak memory (lower-left is better; red: Pareto front; bars: spread over repeats)"),
+        _pareto_plot(table, mem_col, f"{mem_label}, {unit}", True, scale, out_dir / "pareto_memory.png",
+                     "eval loss vs peak memory\n(lower-left is better; red: Pareto front; bars: spread over repeats)"),
         _pareto_plot(table, "tokens_per_s", "throughput, tokens/s", False, 1.0, out_dir / "pareto_throughput.png",
-                     "eval loss vs throughput (lower-right is better; red: Pareto front)"),
+                     "eval loss vs throughput\n(lower-right is better; red: Pareto front)"),
     ]
     return [p for p in written if p is not None]
 
@@ -86,28 +95,29 @@ def memory_breakdown(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     if data.empty:
         return []
     parts = ["weights", "grads", "optimizer_state", "activations"]
+    scale, unit = _unit(data[[mem_col] + parts].max(axis=1, numeric_only=True).dropna())
     models = list(dict.fromkeys(data["model"]))
     fig, axes = plt.subplots(1, len(models), figsize=(1.2 * max(4, len(data) / len(models)) * len(models) + 2, 4.5),
                              squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         sub = data[data["model"] == model].reset_index(drop=True)
-        labels = [_label(r) for _, r in sub.iterrows()]
+        labels = _labels(sub)
         bottom = [0.0] * len(sub)
         for part in parts:
-            values = (sub[part].fillna(0) / GIB).tolist()
+            values = (sub[part].fillna(0) / scale).tolist()
             ax.bar(labels, values, bottom=bottom, label=part)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         if sub[mem_col].notna().any():
-            other = [max(0.0, (p or 0) / GIB - b) for p, b in zip(sub[mem_col].tolist(), bottom, strict=True)]
+            other = [max(0.0, (p or 0) / scale - b) for p, b in zip(sub[mem_col].tolist(), bottom, strict=True)]
             ax.bar(labels, other, bottom=bottom, label="other / temporaries", color="lightgray")
-            ax.scatter(labels, (sub[mem_col] / GIB).tolist(), marker="_", s=400, color="black", zorder=3,
-                       label=mem_label.split(",")[0])
+            ax.scatter(labels, (sub[mem_col] / scale).tolist(), marker="_", s=400, color="black", zorder=3,
+                       label=mem_label)
         ax.set_title(model)
-        ax.set_ylabel("GiB")
+        ax.set_ylabel(unit)
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"memory breakdown per method (bytes by live-tensor probe / allocator; bar top = {mem_label})",
+    fig.suptitle(f"memory breakdown per method\nparts: live-tensor probe / storages; black bar: {mem_label}",
                  fontsize=9)
     fig.tight_layout()
     path = out_dir / "memory_breakdown.png"
