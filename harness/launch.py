@@ -5,6 +5,7 @@ timeout kills the whole process group), waits with a timeout, and turns whatever
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -41,6 +42,15 @@ def gpu_occupants() -> list[int] | None:
         return None
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the parent dies (a killed sweep leaves no orphan
+    job running on, holding the GPU, writing a result nobody reads)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: orphans end at their timeout instead
+        pass
+
+
 def _config_columns(job: Job) -> dict:
     c, spec = job.config, job.spec
     return {
@@ -71,7 +81,8 @@ def run_job(job: Job, provenance: dict) -> dict:
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                preexec_fn=_die_with_parent)
         try:
             returncode = proc.wait(timeout=job.spec.run.timeout_s)
         except subprocess.TimeoutExpired:

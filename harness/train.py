@@ -67,7 +67,9 @@ def _sync(device: torch.device) -> None:
 def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault=lambda stage, model: None) -> None:
     cuda = device.type == "cuda"
     dtype = resolve_dtype(spec.train.dtype, device)
-    record.update(dtype=str(dtype).removeprefix("torch."), seed=spec.train.seed, data_seed=spec.train.seed)
+    seed = spec.train.seed
+    record.update(dtype=str(dtype).removeprefix("torch."), seed=seed, seed_torch=seed, seed_numpy=seed,
+                  seed_python=seed, data_order_seed=seed)
     seed_everything(spec.train.seed)
     nvml = NvmlSampler(device.index or 0, spec.run.nvml_interval_ms / 1000).start() if cuda else None
     try:

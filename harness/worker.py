@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -18,10 +20,7 @@ from harness.provenance import cuda_state, host_state
 from harness.results import write_json_atomic
 from harness.schema import JobSpec
 from harness.train import Diverged, run_training
-
-
-class MissingPackage(RuntimeError):
-    """An optional package a method needs is not installed: the job is `skipped`, not failed."""
+from methods import MissingRequirement
 
 
 def one_line(error: BaseException, limit: int = 400) -> str:
@@ -61,6 +60,8 @@ def _fault_injector(kind: str):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 TiB (injected by run.inject_fault)")
         if kind == "segfault":
             ctypes.string_at(0)
+        if kind == "kill":  # what the kernel's OOM killer or an operator's kill -9 does
+            os.kill(os.getpid(), signal.SIGKILL)
         if kind == "hang":
             time.sleep(10**6)
         if kind == "nan_loss":
@@ -84,7 +85,7 @@ def execute(job_dir: Path) -> dict:
         else:
             record["gpu"] = "cpu"
         run_training(spec, device, record, _fault_injector(spec.run.inject_fault))
-    except MissingPackage as e:
+    except MissingRequirement as e:
         record.update(status="skipped", error=one_line(e))
     except torch.OutOfMemoryError as e:
         record.update(status="oom", error=one_line(e))

@@ -5,12 +5,28 @@ Adding a method: `methods/<m>.py` (an `Options` dataclass and `build(params, opt
 """
 from __future__ import annotations
 
-from methods import adafactor, adamw, checkpointing, loops, sgd
+import importlib
+
+from methods import adafactor, adamw, bnb_adamw8bit, checkpointing, loops, sgd
+
+
+class MissingRequirement(RuntimeError):
+    """An optional package (or a CUDA device) a method part needs is absent: its job row is `skipped`, not failed."""
+
+
+def require(package: str, part: str):
+    """Import an optional package for `part`, or raise MissingRequirement naming the extra that provides it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise MissingRequirement(f"{part} needs the optional package '{package}' ({e}); "
+                                 "install it with: pip install -e '.[ref]'") from None
 
 OPTIMIZERS = {
     "adamw": adamw,
     "sgd": sgd,
     "adafactor": adafactor,
+    "bnb_adamw8bit": bnb_adamw8bit,
 }
 
 TRANSFORMS = {
@@ -39,20 +55,32 @@ def optimizer_part(method):
     return module, parse(module.Options, options, "method.optimizer")
 
 
-def check_method(method) -> None:
-    optimizer_part(method)
-    for name in method.transforms:
-        _choose(TRANSFORMS, name, "method.transforms entry")
+def check_method(method, device: str) -> None:
+    """Plan-time checks: names and options exist; a CUDA-only part is refused on run.device=cpu."""
+    from harness.schema import ConfigError
+
+    parts = [optimizer_part(method)[0]] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
     _choose(LOOPS, method.loop, "method.loop")
+    for part in parts:
+        if getattr(part, "REQUIRES_CUDA", False) and device == "cpu":
+            raise ConfigError(f"method {method.name} needs CUDA ({part.__name__.split('.')[-1]}) but run.device=cpu; "
+                              "use run.device=cuda or auto on a GPU host")
+
+
+def _check_device(part, device) -> None:
+    if getattr(part, "REQUIRES_CUDA", False) and device.type != "cuda":
+        raise MissingRequirement(f"{part.__name__.split('.')[-1]} needs a CUDA device; this job runs on {device.type}")
 
 
 def build_optimizer(method, params, device):
     module, options = optimizer_part(method)
+    _check_device(module, device)
     return module.build(params, options, device)
 
 
 def apply_transforms(method, model, device):
     for name in method.transforms:
+        _check_device(TRANSFORMS[name], device)
         model = TRANSFORMS[name].apply(model, device)
     return model
 

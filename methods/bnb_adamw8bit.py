@@ -1,0 +1,28 @@
+"""bitsandbytes' 8-bit AdamW (Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022), run as
+a method so that native 8-bit optimizers can be compared with it in one sweep. The update is AdamW's; m and v are
+stored as 8-bit dynamic-tree codes with one fp32 absmax per block of 256 (2 bytes + 8/256 bytes per parameter).
+Needs the `ref` extra (bitsandbytes) and a CUDA device; without them the job's row is `skipped`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+REQUIRES_CUDA = True
+
+
+@dataclass(frozen=True)
+class Options:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+def build(params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    from methods import require
+
+    bnb = require("bitsandbytes", "method bnb_adamw8bit")
+    return bnb.optim.AdamW8bit(params, lr=options.lr, betas=tuple(options.betas), eps=options.eps,
+                               weight_decay=options.weight_decay)

@@ -1,0 +1,85 @@
+"""Nothing lost: SIGKILL of a running sweep at several moments, then a resume, gives every job exactly once;
+a killed job is a row; the same config twice gives identical deterministic bytes; a busy GPU is flagged or refused."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.config import plan
+from harness.launch import run_job
+from harness.results import read_rows
+from tests.helpers import FAST, ROOT, rows_of, run_cli
+
+SWEEP = ["-m", "method=adamw,sgd,adafactor", "train.seed=0,1", *FAST]
+
+
+def _orphan_jobs(results_dir) -> list[int]:
+    """PIDs of job processes still running for this results folder."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if "harness.worker" in cmdline and str(results_dir) in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def _raw_lines(path):
+    return path.read_bytes().split(b"\n") if path.exists() else []
+
+
+def test_sigkill_at_several_moments_then_resume_runs_every_job_exactly_once(results_dir):
+    rows_path = results_dir / "adhoc" / "rows.jsonl"
+    for delay in (1.5, 6.0, 11.0):
+        proc = subprocess.Popen([sys.executable, "-m", "harness.run", *SWEEP, f"run.results_dir={results_dir}"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)
+        assert not _orphan_jobs(results_dir), "the job process must die with its parent (PR_SET_PDEATHSIG)"
+        assert all(json.loads(line) for line in _raw_lines(rows_path) if line.strip()), "a torn line"
+    done_before = len(read_rows(rows_path))
+    assert done_before < 6, "the kills came too late to interrupt the sweep"
+    final = run_cli(SWEEP, results_dir)
+    assert final.returncode == 0, final.stderr[-2000:]
+    rows = rows_of(results_dir)
+    assert len(rows) == 6 and len({r["run_id"] for r in rows}) == 6
+    assert all(r["status"] == "ok" for r in rows)
+    assert f"{done_before} job(s) already had a row" in final.stdout or done_before == 0
+
+
+def test_a_killed_job_leaves_an_error_row(results_dir):
+    proc = run_cli(["run.inject_fault=kill", *FAST], results_dir)
+    assert proc.returncode == 0
+    (row,) = rows_of(results_dir)
+    assert row["status"] == "error" and "SIGKILL" in row["error"]
+
+
+def test_same_config_twice_gives_identical_deterministic_bytes(results_dir):
+    proc = run_cli(["run.repeats=2", *FAST], results_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = rows_of(results_dir)
+    assert (a["repeat"], b["repeat"]) == (0, 1) and a["run_id"] != b["run_id"]
+    for key in ("weights", "grads", "optimizer_state", "activations", "cpu_live_peak", "train_loss", "eval_loss"):
+        assert a[key] == b[key], key
+    assert all(a[k] == b[k] == 0 for k in ("seed_torch", "seed_numpy", "seed_python", "data_order_seed"))
+    assert "peak_reserved" not in a["deterministic_fields"] and "cpu_live_peak" in a["deterministic_fields"]
+
+
+@pytest.mark.parametrize("policy,status", [("refuse", "skipped"), ("flag", "ok")])
+def test_busy_gpu_is_flagged_or_refused(policy, status, results_dir, monkeypatch):
+    monkeypatch.setattr("harness.launch.gpu_occupants", lambda: [4242])
+    fast = [a for a in FAST if not a.startswith("run.device")]
+    (job,) = plan([f"run.busy_gpu={policy}", "run.device=auto", f"run.results_dir={results_dir}", *fast])
+    row = run_job(job, {"git_sha": "test"})
+    assert row["gpu_busy"] is True and row["status"] == status
+    if policy == "refuse":
+        assert "GPU busy" in row["error"] and "4242" in row["error"]
