@@ -43,3 +43,15 @@ lint: $(STAMP) ## ruff
 
 clean: ## remove run folders (committed results stay)
 	rm -rf results/runs
+
+GATE_ROWS := results/runs/gate_cpu/rows.jsonl
+gate: $(STAMP) ## rerun the CPU gate sweep and compare with results/baselines/cpu.csv; check committed GPU rows too
+	$(PY) -m harness.run sweep=gate_cpu run.force=true
+	$(PY) -m harness.gate check --rows $(GATE_ROWS) --baseline results/baselines/cpu.csv
+	@for b in results/baselines/*.csv; do g=$$(basename $$b .csv); [ "$$g" = cpu ] && continue; \
+	  rows=$$(ls results/$$g/*.rows.jsonl 2>/dev/null); [ -z "$$rows" ] && continue; \
+	  $(PY) -m harness.gate check --rows $$rows --baseline $$b || exit 1; done
+
+gate-update: $(STAMP) ## rerun the CPU gate sweep and rewrite results/baselines/cpu.csv (prints the diff)
+	$(PY) -m harness.run sweep=gate_cpu run.force=true
+	$(PY) -m harness.gate update --rows $(GATE_ROWS) --baseline results/baselines/cpu.csv
