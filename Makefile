@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SWEEP ?= $(shell $(PY) -c "import torch; print('default_gpu' if torch.cuda.is_available() else 'default_cpu')" 2>/dev/null || echo default_cpu)
 ARGS ?=
 
-.PHONY: help setup bench test test-gpu report lint gate gate-update clean
+.PHONY: help setup bench test test-gpu report lint gate gate-update notebooks publish clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,3 +55,13 @@ gate: $(STAMP) ## rerun the CPU gate sweep and compare with results/baselines/cp
 gate-update: $(STAMP) ## rerun the CPU gate sweep and rewrite results/baselines/cpu.csv (prints the diff)
 	$(PY) -m harness.run sweep=gate_cpu run.force=true
 	$(PY) -m harness.gate update --rows $(GATE_ROWS) --baseline results/baselines/cpu.csv
+
+notebooks: $(STAMP) ## execute the notebooks on the committed rows, rendering their PNGs into results/figures/
+	@for nb in notebooks/*.ipynb; do echo "running $$nb"; \
+	  $(PY) -c "import sys, nbformat; from nbclient import NotebookClient; nb = nbformat.read(sys.argv[1], 4); NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': 'notebooks'}}).execute()" $$nb || exit 1; done
+
+publish: $(STAMP) ## copy a sweep's rows into the committed results: make publish SWEEP=default_gpu DEVICE=h100
+	@test -n "$(SWEEP)" -a -n "$(DEVICE)" || { echo "usage: make publish SWEEP=<sweep> DEVICE=<cpu|h100|...>"; exit 2; }
+	mkdir -p results/$(DEVICE)
+	cp results/runs/$(SWEEP)/rows.jsonl results/$(DEVICE)/$(SWEEP).rows.jsonl
+	$(PY) -m harness.aggregate results/$(DEVICE)/$(SWEEP).rows.jsonl

@@ -18,6 +18,11 @@ METRICS = ["peak_allocated", "peak_reserved", "nvml_process_peak", "cpu_live_pea
            "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu", "train_loss", "eval_loss", "eval_ppl"]
 
 
+def committed_row_files(root: Path = PROJECT_ROOT / "results") -> list[Path]:
+    """The rows committed to the repository: results/<device>/*.rows.jsonl (not raw runs, not failed attempts)."""
+    return sorted(p for p in root.glob("*/*.rows.jsonl") if p.parent.name not in ("runs", "baselines"))
+
+
 def load_rows(paths: list[Path]) -> pd.DataFrame:
     """All rows of the given rows.jsonl files; the latest row wins per run_id (a forced rerun replaces)."""
     rows = [r for p in paths for r in read_rows(p)]

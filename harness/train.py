@@ -45,7 +45,7 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _lr_lambda(spec: JobSpec):
+def _lr_factor(spec: JobSpec):
     warm, total, cosine = spec.train.lr_warmup_steps, spec.train.steps, spec.train.lr_schedule == "cosine"
 
     def factor(step: int) -> float:
@@ -89,8 +89,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         record["allocated_baseline"] = torch.cuda.memory_allocated(device)
     model = apply_transforms(spec.method, build_model(spec.model, dtype, device), device)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    record.update(n_params=sum(p.numel() for p in model.parameters()), n_trainable=sum(p.numel() for p in params),
+    record.update(n_params=sum(p.numel() for p in model.parameters()),
+                  n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                   weights=storage_bytes(model_tensors(model)))
     if cuda:
         _sync(device)
@@ -99,8 +99,9 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset)
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
     windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
-    optimizer = build_optimizer(spec.method, params, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
+    optimizer = build_optimizer(spec.method, model, device)
+    lr_factor = _lr_factor(spec)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     step_fn = loop_step(spec.method)
     inject_fault("after_load", model)
     record["data_s"] = time.perf_counter() - clock - record["load_s"]
@@ -114,11 +115,12 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         probed = step == train.warmup_steps - 1
         if probed and live is not None:
             live.register(model_tensors(model) + optimizer_state_tensors(optimizer) + [batch])
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * lr_factor(step)
         _sync(device)
         start = time.perf_counter()
         with live if probed and live is not None else nullcontext():
             loss = step_fn(model, optimizer, batch, probe.phase if probed else no_phase)
-        scheduler.step()
         _sync(device)
         elapsed_ms = (time.perf_counter() - start) * 1000
         value = loss.float().item()

@@ -1,6 +1,6 @@
 """The method registry: one explicit table per kind of part; a method YAML picks one optimizer, any transforms, one loop.
 
-Adding a method: `methods/<m>.py` (an `Options` dataclass and `build(params, options, device)` for an optimizer, or
+Adding a method: `methods/<m>.py` (an `Options` dataclass and `build(named_params, options, device)` for an optimizer, or
 `apply(model, device)` for a transform), `conf/method/<m>.yaml`, `tests/methods/test_<m>.py`, and one line below.
 """
 from __future__ import annotations
@@ -72,10 +72,13 @@ def _check_device(part, device) -> None:
         raise MissingRequirement(f"{part.__name__.split('.')[-1]} needs a CUDA device; this job runs on {device.type}")
 
 
-def build_optimizer(method, params, device):
+def build_optimizer(method, model, device):
+    """The method's optimizer over the model's trainable parameters, given as (name, parameter) pairs so that
+    projection methods can pick the attention / MLP matrices."""
     module, options = optimizer_part(method)
     _check_device(module, device)
-    return module.build(params, options, device)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return module.build(named, options, device)
 
 
 def apply_transforms(method, model, device):

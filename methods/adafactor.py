@@ -23,7 +23,8 @@ class Options:
     weight_decay: float = 0.0
 
 
-def build(params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for _, p in named_params]
     return torch.optim.Adafactor(params, lr=options.lr, beta2_decay=options.beta2_decay,
                                  eps=(options.eps1, options.eps2), d=options.d, weight_decay=options.weight_decay,
                                  foreach=False)

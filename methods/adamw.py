@@ -21,7 +21,8 @@ class Options:
     fused: bool | Literal["auto"] = "auto"  # auto: fused kernel on CUDA, foreach elsewhere
 
 
-def build(params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for _, p in named_params]
     fused = device.type == "cuda" if options.fused == "auto" else bool(options.fused)
     return torch.optim.AdamW(params, lr=options.lr, betas=tuple(options.betas), eps=options.eps,
                              weight_decay=options.weight_decay, fused=fused or None, foreach=None if fused else True)

@@ -20,7 +20,8 @@ class Options:
     weight_decay: float = 0.0
 
 
-def build(params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for _, p in named_params]
     from methods import require
 
     bnb = require("bitsandbytes", "method bnb_adamw8bit")

@@ -17,6 +17,7 @@ class Options:
     weight_decay: float = 0.0
 
 
-def build(params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for _, p in named_params]
     return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay,
                            foreach=True)

@@ -35,7 +35,7 @@ def test_adafactor_matches_the_paper_rule():
     start = [p.detach().clone() for p in params]
     grads = gradient_sequence(params, 20)
     options = parse(adafactor.Options, {"lr": 0.01}, "method.optimizer")
-    run_optimizer(adafactor.build(params, options, torch.device("cpu")), params, grads)
+    run_optimizer(adafactor.build(list(enumerate(params)), options, torch.device("cpu")), params, grads)
     expected = reference_adafactor(start, grads, 0.01, -0.8, torch.finfo(torch.float64).eps, 1e-3, 1.0)
     for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-12)
@@ -43,7 +43,7 @@ def test_adafactor_matches_the_paper_rule():
 
 def test_factored_state_is_rows_plus_columns():
     params = make_params(dtype=torch.float32)
-    optimizer = adafactor.build(params, parse(adafactor.Options, {}, "m"), torch.device("cpu"))
+    optimizer = adafactor.build(list(enumerate(params)), parse(adafactor.Options, {}, "m"), torch.device("cpu"))
     run_optimizer(optimizer, params, gradient_sequence(params, 1))
     state = optimizer.state[params[0]]  # the 7x5 matrix
     assert state["row_var"].numel() == 7 and state["col_var"].numel() == 5

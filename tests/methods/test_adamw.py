@@ -28,7 +28,7 @@ def test_adamw_matches_the_paper_rule():
     expected_input = [p.detach().clone() for p in params]
     grads = gradient_sequence(params, 25)
     options = parse(adamw.Options, {"lr": 0.01, "betas": [0.9, 0.95], "weight_decay": 0.1}, "method.optimizer")
-    run_optimizer(adamw.build(params, options, torch.device("cpu")), params, grads)
+    run_optimizer(adamw.build(list(enumerate(params)), options, torch.device("cpu")), params, grads)
     expected = reference_adamw([torch.nn.Parameter(t) for t in expected_input], grads, 0.01, (0.9, 0.95), 1e-8, 0.1)
     for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
@@ -37,7 +37,7 @@ def test_adamw_matches_the_paper_rule():
 def test_adamw_state_is_two_moments_per_parameter():
     params = make_params(dtype=torch.float32)
     options = parse(adamw.Options, {}, "method.optimizer")
-    optimizer = adamw.build(params, options, torch.device("cpu"))
+    optimizer = adamw.build(list(enumerate(params)), options, torch.device("cpu"))
     run_optimizer(optimizer, params, gradient_sequence(params, 1))
     for p in params:
         state = optimizer.state[p]

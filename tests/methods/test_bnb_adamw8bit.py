@@ -23,7 +23,7 @@ def test_missing_package_or_cuda_gives_a_skipped_row(results_dir):
 def test_bnb_adamw8bit_trains_on_gpu():
     pytest.importorskip("bitsandbytes")
     layer = torch.nn.Linear(512, 512, device="cuda")
-    opt = bnb_adamw8bit.build(layer.parameters(), parse(bnb_adamw8bit.Options, {"lr": 1e-2}, "m"),
+    opt = bnb_adamw8bit.build(list(layer.named_parameters()), parse(bnb_adamw8bit.Options, {"lr": 1e-2}, "m"),
                               torch.device("cuda"))
     x = torch.randn(64, 512, device="cuda")
     first = None

@@ -12,7 +12,7 @@ def test_sgd_matches_the_rule_with_and_without_momentum():
         start = [p.detach().clone() for p in params]
         grads = gradient_sequence(params, 20)
         options = parse(sgd.Options, {"lr": 0.05, "momentum": momentum, "weight_decay": 0.01}, "method.optimizer")
-        optimizer = sgd.build(params, options, torch.device("cpu"))
+        optimizer = sgd.build(list(enumerate(params)), options, torch.device("cpu"))
         run_optimizer(optimizer, params, grads)
         theta, buf = start, [None] * len(start)
         for step_grads in grads:
