@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from methods import adafactor, adamw, bnb_adamw8bit, checkpointing, loops, sgd
+from methods import adafactor, adamw, adamw8bit, bnb_adamw8bit, checkpointing, loops, sgd
 
 
 class MissingRequirement(RuntimeError):
@@ -26,6 +26,7 @@ OPTIMIZERS = {
     "adamw": adamw,
     "sgd": sgd,
     "adafactor": adafactor,
+    "adamw8bit": adamw8bit,
     "bnb_adamw8bit": bnb_adamw8bit,
 }
 

@@ -1,0 +1,86 @@
+"""8-bit AdamW: AdamW (Loshchilov & Hutter, 2019) with both moments stored blockwise-quantized in 8 bits
+(Dettmers et al., 2022; methods/quant.py), block 256, dynamic-tree code books (signed for m, unsigned for v).
+
+    m̃, ṽ = dequant(m_q), dequant(v_q)
+    m = β1 m̃ + (1-β1) g,   v = β2 ṽ + (1-β2) g²,   θ ← θ(1 - lr λ) - lr (m / (1-β1^t)) / (√(v / (1-β2^t)) + ε)
+    m_q, v_q = quant(m), quant(v)
+State per parameter: 2 bytes of codes + 2 × 4 bytes of absmax per 256 values = 2.03 bytes (AdamW fp32: 8 bytes).
+On CUDA the step is the fused Triton kernel kernels/adamw8bit.py (dequantize → update → quantize in registers,
+one pass over the state); elsewhere the plain-torch path below, which materializes one fp32 copy of m and v of
+the parameter being updated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from methods.quant import BLOCK, dequantize, dynamic_map, quantize
+
+
+@dataclass(frozen=True)
+class Options:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    block_size: int = BLOCK
+    kernel: bool = True  # use the Triton kernel on CUDA
+
+
+class AdamW8bit(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, block_size=BLOCK,
+                 kernel=True):
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} must be >= 1")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.block_size, self.kernel = block_size, kernel
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        n_blocks = -(-p.numel() // self.block_size)
+        zero_signed = int(torch.argmin(dynamic_map(True).abs()))
+        return {"step": torch.zeros((), dtype=torch.float32),
+                "m_codes": torch.full(p.shape, zero_signed, dtype=torch.uint8, device=p.device),
+                "m_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device),
+                "v_codes": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
+                "v_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device)}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(self._init_state(p))
+                state["step"] += 1
+                args = (p, p.grad, state, group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                        float(state["step"]))
+                if self.kernel and p.is_cuda:
+                    from kernels.adamw8bit import adamw8bit_step
+
+                    adamw8bit_step(*args, block=self.block_size)
+                else:
+                    self._step_torch(*args)
+        return loss
+
+    def _step_torch(self, p, grad, state, lr, beta1, beta2, eps, weight_decay, step):
+        signed, unsigned = dynamic_map(True, p.device), dynamic_map(False, p.device)
+        g = grad.float()
+        m = dequantize(state["m_codes"], state["m_absmax"], signed, self.block_size)
+        v = dequantize(state["v_codes"], state["v_absmax"], unsigned, self.block_size)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
+        theta = p.float().mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+        p.copy_(theta)
+        state["m_codes"], state["m_absmax"] = quantize(m, signed, self.block_size)
+        state["v_codes"], state["v_absmax"] = quantize(v, unsigned, self.block_size)
+
+
+def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    return AdamW8bit([p for _, p in named_params], lr=options.lr, betas=options.betas, eps=options.eps,
+                     weight_decay=options.weight_decay, block_size=options.block_size, kernel=options.kernel)
