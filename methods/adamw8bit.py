@@ -74,7 +74,7 @@ class AdamW8bit(torch.optim.Optimizer):
         v = dequantize(state["v_codes"], state["v_absmax"], unsigned, self.block_size)
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
+        denom = v.sqrt().div_((1 - beta2**step) ** 0.5).add_(eps)  # same operation order as the kernel
         theta = p.float().mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
         p.copy_(theta)
         state["m_codes"], state["m_absmax"] = quantize(m, signed, self.block_size)

@@ -1,0 +1,92 @@
+"""Fused 8-bit AdamW step: dequantize m, v → AdamW update of θ → requantize m, v, in one pass.
+
+One program per quantization block (BLOCK values): it reads θ, g, the uint8 codes of m and v and their two block
+absmax values, and writes θ, the new codes and absmax. m and v never exist in fp32 outside registers, so the step
+moves 2·|θ| + |g| + 2 + 8/BLOCK bytes per parameter — the same order as torch's fused AdamW with fp32 state
+(2·|θ| + |g| + 16). Requantization finds the nearest code-book entry with a branchless binary search over the 255
+midpoints (8 gathers from a 1 KiB table that stays in L1). Rule and code books: methods/adamw8bit.py, methods/quant.py.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from methods.quant import dynamic_map, midpoints
+
+
+@triton.jit
+def _nearest_code(x, mid_ptr):
+    """Index of the nearest code for x: the number of (sorted) midpoints strictly below x."""
+    lo = tl.zeros(x.shape, dtype=tl.int32)
+    for shift in tl.static_range(8):
+        step = 128 >> shift
+        probe = tl.load(mid_ptr + lo + step - 1)
+        lo = tl.where(probe < x, lo + step, lo)
+    return lo
+
+
+@triton.jit
+def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
+    """Store fp32 x, rounding to nearest-even bf16 by bit arithmetic where the target is bf16: the same result on
+    the GPU and in the Triton interpreter (whose own fp32 → bf16 cast truncates)."""
+    if TO_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        tl.store(ptr, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_absmax_ptr,
+                      signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr,
+                      n, lr, beta1, beta2, eps, decay, step_size, bias2_sqrt, BLOCK: tl.constexpr,
+                      TO_BF16: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    theta = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
+    v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
+    m = tl.load(signed_ptr + m_code) * tl.load(m_absmax_ptr + pid)
+    v = tl.load(unsigned_ptr + v_code) * tl.load(v_absmax_ptr + pid)
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g * g
+    theta = theta * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
+    _store_rounded(p_ptr + offs, theta, mask, TO_BF16)
+    m = tl.where(mask, m, 0.0)
+    v = tl.where(mask, v, 0.0)
+    m_absmax = tl.max(tl.abs(m), axis=0)
+    v_absmax = tl.max(v, axis=0)
+    m_codes = _nearest_code(m / tl.maximum(m_absmax, 1e-38), signed_mid_ptr)
+    v_codes = _nearest_code(v / tl.maximum(v_absmax, 1e-38), unsigned_mid_ptr)
+    tl.store(m_codes_ptr + offs, m_codes.to(tl.uint8), mask=mask)
+    tl.store(v_codes_ptr + offs, v_codes.to(tl.uint8), mask=mask)
+    tl.store(m_absmax_ptr + pid, m_absmax)
+    tl.store(v_absmax_ptr + pid, v_absmax)
+
+
+_TABLES: dict = {}
+
+
+def _tables(device: torch.device):
+    if device not in _TABLES:
+        signed, unsigned = dynamic_map(True, device), dynamic_map(False, device)
+        _TABLES[device] = (signed, unsigned, midpoints(signed).contiguous(), midpoints(unsigned).contiguous())
+    return _TABLES[device]
+
+
+def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
+                   eps: float, weight_decay: float, step: float, block: int = 256) -> None:
+    """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax."""
+    if not (p.is_contiguous() and grad.is_contiguous()):
+        raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
+    if block & (block - 1):
+        raise ValueError(f"the kernel needs a power-of-two block, got {block}")
+    n = p.numel()
+    _adamw8bit_kernel[(triton.cdiv(n, block),)](
+        p, grad, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"], *_tables(p.device),
+        n, lr, beta1, beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step), (1.0 - beta2**step) ** 0.5,
+        BLOCK=block, TO_BF16=p.dtype == torch.bfloat16)

@@ -1,0 +1,89 @@
+"""Benchmark: one optimizer step over all parameters of a LLaMA model (default LLaMA-1b shapes), for torch's fused
+AdamW (fp32 state), our 8-bit AdamW (Triton kernel), and the reference 8-bit optimizers where installed
+(bitsandbytes AdamW8bit, torchao AdamW8bit). Reports step time (median of repeats, ratio to torch fused, all in one
+run) and optimizer-state bytes per parameter (storages, subclasses through their inner tensors).
+
+    python -m kernels.bench_adamw8bit [--model llama_1b] [--dtype bf16] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import yaml
+
+from harness import CONF_DIR
+from harness.probes import optimizer_state_tensors, storage_bytes
+from kernels.benchmark import print_table, time_ms, write_rows
+from methods.adamw8bit import AdamW8bit
+
+
+def llama_shapes(model: str) -> list[tuple[int, ...]]:
+    c = yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text())
+    h, f, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    per_layer = [(h, h)] * 4 + [(f, h), (f, h), (h, f)] + [(h,), (h,)]
+    return [(v, h)] + per_layer * c["num_hidden_layers"] + [(h,), (v, h)]
+
+
+def _reference_optimizers() -> dict:
+    out = {}
+    try:
+        import bitsandbytes as bnb
+
+        out["bnb_adamw8bit"] = lambda ps: bnb.optim.AdamW8bit(ps, lr=1e-4)
+    except ImportError as e:
+        out["bnb_adamw8bit"] = f"skipped: {e}"
+    try:
+        from torchao.optim import AdamW8bit as TorchaoAdamW8bit
+
+        out["torchao_adamw8bit"] = lambda ps: TorchaoAdamW8bit(ps, lr=1e-4)
+    except ImportError as e:
+        out["torchao_adamw8bit"] = f"skipped: {e}"
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="llama_1b")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    shapes = llama_shapes(args.model)
+    n_params = sum(torch.Size(s).numel() for s in shapes)
+    variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
+                "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
+    rows = []
+    for name, factory in variants.items():
+        row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,
+               "shape": f"{len(shapes)} tensors, {n_params} params", "n_params": n_params}
+        if isinstance(factory, str):
+            rows.append({**row, "status": "skipped", "error": factory})
+            continue
+        gen = torch.Generator(device=device).manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, device=device, dtype=dtype)) for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, device=device, dtype=dtype)
+        try:
+            optimizer = factory(params)
+            median, p20, p80 = time_ms(optimizer.step, device, warmup=3, repeats=args.repeats)
+            state = storage_bytes(optimizer_state_tensors(optimizer))
+            rows.append({**row, "step_ms": median, "step_ms_p20": p20, "step_ms_p80": p80,
+                         "optimizer_state": state, "state_bytes_per_param": state / n_params})
+        except torch.OutOfMemoryError as e:
+            rows.append({**row, "status": "oom", "error": str(e).splitlines()[0]})
+        del params
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    base = next(r["step_ms"] for r in rows if r["variant"] == "torch_adamw_fused")
+    for r in rows:
+        if "step_ms" in r:
+            r["ratio_to_torch_fused"] = r["step_ms"] / base
+    path = write_rows("adamw8bit", rows, device)
+    print_table(rows, ["variant", "status", "step_ms", "ratio_to_torch_fused", "state_bytes_per_param"])
+    print(f"rows: {path}")
+
+
+if __name__ == "__main__":
+    main()

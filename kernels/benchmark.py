@@ -1,0 +1,66 @@
+"""Shared pieces of the kernel benchmarks: timing (warm-up, synchronize, median of repeats) and result rows
+with provenance, appended to results/runs/kernels/<name>.rows.jsonl (copy to results/<gpu>/kernels/ to commit)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from harness import PROJECT_ROOT
+from harness.provenance import cuda_state, git_state, host_state
+from harness.results import append_row
+
+
+def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of fn(), after warm-up, each call bracketed by a synchronize."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    quantile = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return statistics.median(times), quantile[0], quantile[-1]
+
+
+def peak_bytes(fn, device: torch.device) -> int | None:
+    """torch.cuda.max_memory_allocated during fn() above what was allocated before it (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def write_rows(name: str, rows: list[dict], device: torch.device, out_dir: Path | None = None) -> Path:
+    out_dir = out_dir or PROJECT_ROOT / "results" / "runs" / "kernels"
+    path = out_dir / f"{name}.rows.jsonl"
+    provenance = {**git_state(), **host_state(), **(cuda_state() if device.type == "cuda" else {"gpu": "cpu"})}
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for row in rows:
+        identity = json.dumps({k: row.get(k) for k in ("kernel", "variant", "shape")}, sort_keys=True)
+        append_row(path, {"run_id": hashlib.sha256((identity + stamp).encode()).hexdigest()[:16], "sweep": name,
+                          "timestamp": stamp, "status": row.pop("status", "ok"), "error": row.pop("error", None),
+                          "device": device.type, **row, **provenance})
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    cells = [[str(r.get(c, "-")) if not isinstance(r.get(c), float) else f"{r[c]:.4g}" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for line in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
