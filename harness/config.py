@@ -133,7 +133,7 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
     """Checks that span groups or touch the file system."""
     from methods import check_method  # imported here: methods pulls in torch, which only jobs need
 
-    check_method(spec.method, spec.run.device)
+    check_method(spec.method, spec.run.device, spec.model)
     model, data, train = spec.model, spec.dataset, spec.train
     if model.max_position_embeddings and train.seq_len > model.max_position_embeddings:
         raise ConfigError(f"train.seq_len={train.seq_len} exceeds model {model.name}'s "

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from methods import adafactor, adamw, adamw8bit, bnb_adamw8bit, checkpointing, loops, sgd
+from methods import (adafactor, adamw, adamw8bit, apollo, apollo_mini, bnb_adamw8bit, checkpointing, fira, frugal,
+                     galore, galore8bit, loops, sgd)
 
 
 class MissingRequirement(RuntimeError):
@@ -27,6 +28,12 @@ OPTIMIZERS = {
     "sgd": sgd,
     "adafactor": adafactor,
     "adamw8bit": adamw8bit,
+    "galore": galore,
+    "galore8bit": galore8bit,
+    "apollo": apollo,
+    "apollo_mini": apollo_mini,
+    "fira": fira,
+    "frugal": frugal,
     "bnb_adamw8bit": bnb_adamw8bit,
 }
 
@@ -56,11 +63,15 @@ def optimizer_part(method):
     return module, parse(module.Options, options, "method.optimizer")
 
 
-def check_method(method, device: str) -> None:
-    """Plan-time checks: names and options exist; a CUDA-only part is refused on run.device=cpu."""
+def check_method(method, device: str, model_spec) -> None:
+    """Plan-time checks: names and options exist, options fit the model (`check` of the part), and a CUDA-only part
+    is refused on run.device=cpu."""
     from harness.schema import ConfigError
 
-    parts = [optimizer_part(method)[0]] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
+    module, options = optimizer_part(method)
+    if hasattr(module, "check"):
+        module.check(options, model_spec)
+    parts = [module] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
     _choose(LOOPS, method.loop, "method.loop")
     for part in parts:
         if getattr(part, "REQUIRES_CUDA", False) and device == "cpu":

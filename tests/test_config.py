@@ -25,6 +25,8 @@ def _expected_failure(group: str, option: str) -> str | None:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_yaml_composes(group, option, results_dir, tmp_path):
     extra = NEEDS.get((group, option), [])
+    if group == "method":  # planning builds nothing: a GaLore-size model fits every method's default rank
+        extra = ["model=llama_60m"]
     if (group, option) == ("dataset", "text_file"):
         (tmp_path / "corpus.txt").write_text("hello world\n" * 1000)
         extra = [f"dataset.path={tmp_path / 'corpus.txt'}"]

@@ -1,0 +1,39 @@
+"""Fira (Chen et al., "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?", 2024).
+
+GaLore's projected Adam update plus the part of the gradient GaLore throws away, rescaled column-wise by how much
+Adam rescales the projected gradient:
+    R = Pᵀ G,  N = Adam(R),  φ_j = ‖N[:, j]‖ / ‖R[:, j]‖
+    ΔW = α · P N + α · limit(φ ⊙ (G − P R)),   W ← W − lr · ΔW
+with P from the SVD of G every T steps and limit(·) the norm-growth limiter (γ = 1.01) on the residual term.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.apollo import limit_growth
+from methods.galore import GaLoreAdamW
+from methods.lowrank import LowRankOptions, check_rank, split_groups
+
+
+@dataclass(frozen=True)
+class Options(LowRankOptions):
+    growth_limit: float = 1.01
+
+
+class FiraAdamW(GaLoreAdamW):
+    def full_update(self, grad, low_grad, direction, state):
+        channel_dim = 0 if state["side"] == "left" else 1
+        phi = direction.norm(dim=channel_dim) / low_grad.norm(dim=channel_dim).clamp(min=1e-12)
+        residual = grad - self.back(low_grad, state)
+        residual = residual * (phi.unsqueeze(0) if channel_dim == 0 else phi.unsqueeze(1))
+        residual = limit_growth(residual, state, "prev_residual_norm", self.options.growth_limit)
+        return self.options.scale * (self.back(direction, state) + residual)
+
+
+check = check_rank
+
+
+def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+    return FiraAdamW(split_groups(named_params, options), options)

@@ -1,0 +1,116 @@
+"""The private base of the gradient-projection optimizers (GaLore, 8-bit GaLore, APOLLO, APOLLO-Mini, Fira,
+FRUGAL): AdamW whose moments live in an r-dimensional subspace for the attention / MLP matrices, plain AdamW for
+every other parameter. A variant says how to refresh the projection, how to go down to the subspace, and how to
+turn the subspace's Adam direction into a full-size update.
+
+For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m ≤ n;
+right, R = G Q (m × r) otherwise. Moments M, V are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.schema import ConfigError
+
+
+@dataclass(frozen=True)
+class LowRankOptions:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    rank: int = 128
+    update_gap: int = 200  # steps between projection refreshes
+    scale: float = 0.25  # α applied to the projected-back update
+    target_modules: list[str] = field(default_factory=lambda: ["self_attn", "mlp"])
+
+
+def check_rank(options, model_spec) -> None:
+    """Plan-time: the rank must fit the smallest side of the projected matrices (the hidden size for LLaMA)."""
+    smallest = getattr(model_spec, "hidden_size", None)
+    if options.rank < 1:
+        raise ConfigError(f"method.optimizer.rank={options.rank} is invalid; it must be >= 1")
+    if smallest is not None and options.rank > smallest:
+        raise ConfigError(f"method.optimizer.rank={options.rank} exceeds the smallest side ({smallest}) of the "
+                          f"projected matrices of model {model_spec.name}; use rank <= {smallest}")
+    if options.update_gap < 1:
+        raise ConfigError(f"method.optimizer.update_gap={options.update_gap} is invalid; it must be >= 1")
+
+
+def split_groups(named_params, options) -> list[dict]:
+    projected = [p for n, p in named_params if p.dim() == 2 and any(t in n for t in options.target_modules)]
+    ids = {id(p) for p in projected}
+    rest = [p for _, p in named_params if id(p) not in ids]
+    return [g for g in ({"params": projected, "project": True}, {"params": rest, "project": False}) if g["params"]]
+
+
+class ProjectedAdamW(torch.optim.Optimizer):
+    def __init__(self, groups, options):
+        defaults = dict(lr=options.lr, betas=tuple(options.betas), eps=options.eps,
+                        weight_decay=options.weight_decay, project=False)
+        super().__init__(groups, defaults)
+        self.options = options
+
+    # --- what a variant overrides ---------------------------------------------------------------------------
+    def refresh(self, grad: torch.Tensor, state: dict) -> None:
+        """Set state['proj'] (and state['side']) from the current gradient."""
+        raise NotImplementedError
+
+    def down(self, grad: torch.Tensor, state: dict) -> torch.Tensor:
+        proj = state["proj"].to(grad.dtype)
+        return proj.T @ grad if state["side"] == "left" else grad @ proj
+
+    def back(self, low: torch.Tensor, state: dict) -> torch.Tensor:
+        proj = state["proj"].to(low.dtype)
+        return proj @ low if state["side"] == "left" else low @ proj.T
+
+    def full_update(self, grad: torch.Tensor, low_grad: torch.Tensor, direction: torch.Tensor, state: dict):
+        """The full-size update from the raw gradient, its projection and the subspace Adam direction."""
+        return self.options.scale * self.back(direction, state)
+
+    def load_moments(self, state: dict, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(like), torch.zeros_like(like)
+        return state["exp_avg"], state["exp_avg_sq"]
+
+    def store_moments(self, state: dict, m: torch.Tensor, v: torch.Tensor) -> None:
+        pass  # fp32 moments were updated in place
+
+    # --- the shared loop --------------------------------------------------------------------------------------
+    def adam_direction(self, x: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+        beta1, beta2 = group["betas"]
+        step = state["step"]
+        m, v = self.load_moments(state, x)
+        m.lerp_(x, 1 - beta1)
+        v.mul_(beta2).addcmul_(x, x, value=1 - beta2)
+        direction = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
+        self.store_moments(state, m, v)
+        return direction
+
+    @staticmethod
+    def side_of(grad: torch.Tensor) -> str:
+        return "left" if grad.shape[0] <= grad.shape[1] else "right"
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                grad = p.grad.to(torch.promote_types(p.grad.dtype, torch.float32))  # bf16 → fp32, fp64 stays
+                if group["project"]:
+                    if (state["step"] - 1) % self.options.update_gap == 0:
+                        self.refresh(grad, state)
+                    low = self.down(grad, state)
+                    update = self.full_update(grad, low, self.adam_direction(low, state, group), state)
+                else:
+                    update = self.adam_direction(grad, state, group)
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"])
+        return loss

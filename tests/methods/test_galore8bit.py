@@ -1,0 +1,49 @@
+"""8-bit GaLore = GaLore's rule with the low-rank moments passed through blockwise 8-bit quantization."""
+import torch
+
+from harness.probes import optimizer_state_tensors, storage_bytes
+from harness.schema import parse
+from methods import galore, galore8bit
+from methods.quant import dynamic_map
+from tests.methods import lowrank_reference as ref
+from tests.methods.test_adamw8bit import plain_roundtrip
+from tests.methods.test_galore import svd_proj
+
+
+def test_galore8bit_matches_the_rule_with_quantized_moments():
+    gen = torch.Generator().manual_seed(1)
+    w0 = torch.randn(9, 14, generator=gen)
+    grads = [torch.randn(9, 14, generator=gen) for _ in range(8)]
+    options = parse(galore8bit.Options, {"lr": 0.01, "rank": 4, "update_gap": 4, "block_size": 16}, "m")
+    w = torch.nn.Parameter(w0.clone())
+    opt = galore8bit.build([("mlp.w", w)], options, torch.device("cpu"))
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+    # the rule: GaLore, with m and v rounded through the 8-bit code books after every step
+    proj, m, v, expected = None, None, None, w0.clone()
+    for t, g in enumerate(grads, start=1):
+        if (t - 1) % 4 == 0:
+            proj = svd_proj(4)(g, t)
+        r = proj.T @ g
+        m = torch.zeros_like(r) if m is None else m
+        v = torch.zeros_like(r) if v is None else v
+        n, m, v = ref.adam_direction(r, m, v, t)
+        m = plain_roundtrip(m, dynamic_map(True), 16).float()
+        v = plain_roundtrip(v, dynamic_map(False), 16).float()
+        expected = expected - 0.01 * 0.25 * proj @ n
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_state_is_a_quarter_of_galore_fp32():
+    w8, w32 = (torch.nn.Parameter(torch.randn(64, 256)) for _ in range(2))
+    grad = torch.randn(64, 256)
+    o8 = galore8bit.build([("mlp.w", w8)], parse(galore8bit.Options, {"rank": 32}, "m"), torch.device("cpu"))
+    o32 = galore.build([("mlp.w", w32)], parse(galore.Options, {"rank": 32}, "m"), torch.device("cpu"))
+    for w, o in ((w8, o8), (w32, o32)):
+        w.grad = grad.clone()
+        o.step()
+    moments8 = storage_bytes(t for k, t in o8.state[w8].items() if k.startswith(("m_", "v_")))
+    moments32 = storage_bytes([o32.state[w32]["exp_avg"], o32.state[w32]["exp_avg_sq"]])
+    assert moments8 == 2 * 32 * 256 + 2 * 4 * (32 * 256 // 256) and moments32 == 2 * 4 * 32 * 256
+    assert storage_bytes(optimizer_state_tensors(o8)) < storage_bytes(optimizer_state_tensors(o32)) / 2
