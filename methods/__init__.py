@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 from methods import (adafactor, adamw, adamw8bit, apollo, apollo_mini, bnb_adamw8bit, checkpointing, fira, frugal,
-                     galore, galore8bit, loops, sgd)
+                     galore, galore8bit, loops, mezo, sgd, zo_adam)
 
 
 class MissingRequirement(RuntimeError):
@@ -34,6 +34,8 @@ OPTIMIZERS = {
     "apollo_mini": apollo_mini,
     "fira": fira,
     "frugal": frugal,
+    "mezo": mezo,
+    "zo_adam": zo_adam,
     "bnb_adamw8bit": bnb_adamw8bit,
 }
 
@@ -43,6 +45,8 @@ TRANSFORMS = {
 
 LOOPS = {
     "standard": loops.standard_step,
+    "layerwise": loops.layerwise_step,
+    "zeroth_order": loops.zeroth_order_step,
 }
 
 
@@ -73,6 +77,10 @@ def check_method(method, device: str, model_spec) -> None:
         module.check(options, model_spec)
     parts = [module] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
     _choose(LOOPS, method.loop, "method.loop")
+    needs_loop = getattr(module, "LOOP", None)
+    if (needs_loop or "standard") != method.loop and (needs_loop or method.loop == "zeroth_order"):
+        raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "
+                          f"it needs method.loop={needs_loop or 'standard or layerwise'}")
     for part in parts:
         if getattr(part, "REQUIRES_CUDA", False) and device == "cpu":
             raise ConfigError(f"method {method.name} needs CUDA ({part.__name__.split('.')[-1]}) but run.device=cpu; "
@@ -90,6 +98,8 @@ def build_optimizer(method, model, device):
     module, options = optimizer_part(method)
     _check_device(module, device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if method.loop == "layerwise":
+        return loops.LayerwiseOptimizer(lambda one: module.build(one, options, device), named)
     return module.build(named, options, device)
 
 
