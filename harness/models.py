@@ -45,6 +45,8 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """Model FLOPs per trained token (Kaplan et al. / PaLM appendix B): 6·N_matmul + 12·L·d·S for attention.
     Recomputation (checkpointing) is not counted: MFU compares useful work."""
     embedding = model.get_input_embeddings().weight.numel()
-    n_matmul = sum(p.numel() for p in model.parameters() if p.dim() >= 2) - embedding
+    # quantized layers keep their weights as buffers: count the matrices by their modules' shapes
+    n_matmul = sum(m.shape.numel() for m in model.modules() if isinstance(getattr(m, "shape", None), torch.Size))
+    n_matmul += sum(p.numel() for p in model.parameters() if p.dim() >= 2) - embedding
     cfg = model.config
     return 6.0 * n_matmul + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len

@@ -212,6 +212,7 @@ class MethodSpec:
     optimizer: dict
     transforms: list[str] = field(default_factory=list)
     loop: str = "standard"
+    transform_options: dict = field(default_factory=dict)  # {transform name: {option: value}}
 
 
 @dataclass(frozen=True)

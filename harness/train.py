@@ -89,9 +89,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         record["allocated_baseline"] = torch.cuda.memory_allocated(device)
     model = apply_transforms(spec.method, build_model(spec.model, dtype, device), device)
     model.train()
-    record.update(n_params=sum(p.numel() for p in model.parameters()),
-                  n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                  weights=storage_bytes(model_tensors(model)))
+    record.update(n_params=sum(p.numel() for p in model.parameters()), weights=storage_bytes(model_tensors(model)))
     if cuda:
         _sync(device)
         record["peak_allocated_load"] = torch.cuda.max_memory_allocated(device)
@@ -100,6 +98,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
     windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
     optimizer = build_optimizer(spec.method, model, device)
+    record["n_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # after LoRA / LISA
     lr_factor = _lr_factor(spec)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     step_fn = loop_step(spec.method)

@@ -1,14 +1,14 @@
 """The method registry: one explicit table per kind of part; a method YAML picks one optimizer, any transforms, one loop.
 
 Adding a method: `methods/<m>.py` (an `Options` dataclass and `build(named_params, options, device)` for an optimizer, or
-`apply(model, device)` for a transform), `conf/method/<m>.yaml`, `tests/methods/test_<m>.py`, and one line below.
+`apply(model, options, device)` for a transform), `conf/method/<m>.yaml`, `tests/methods/test_<m>.py`, and one line below.
 """
 from __future__ import annotations
 
 import importlib
 
 from methods import (adafactor, adamw, adamw8bit, apollo, apollo_mini, bnb_adamw8bit, checkpointing, fira, frugal,
-                     galore, galore8bit, loops, mezo, sgd, zo_adam)
+                     galore, galore8bit, lisa, loops, lora, mezo, qlora, sgd, zo_adam)
 
 
 class MissingRequirement(RuntimeError):
@@ -36,11 +36,14 @@ OPTIMIZERS = {
     "frugal": frugal,
     "mezo": mezo,
     "zo_adam": zo_adam,
+    "lisa": lisa,
     "bnb_adamw8bit": bnb_adamw8bit,
 }
 
 TRANSFORMS = {
     "checkpointing": checkpointing,
+    "lora": lora,
+    "qlora": qlora,
 }
 
 LOOPS = {
@@ -76,6 +79,12 @@ def check_method(method, device: str, model_spec) -> None:
     if hasattr(module, "check"):
         module.check(options, model_spec)
     parts = [module] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
+    for name in method.transform_options:
+        if name not in method.transforms:
+            raise ConfigError(f"method.transform_options.{name} is given but {name!r} is not in method.transforms "
+                              f"({', '.join(method.transforms) or 'empty'})")
+    for name in method.transforms:
+        transform_options(method, name)
     _choose(LOOPS, method.loop, "method.loop")
     needs_loop = getattr(module, "LOOP", None)
     if (needs_loop or "standard") != method.loop and (needs_loop or method.loop == "zeroth_order"):
@@ -103,10 +112,25 @@ def build_optimizer(method, model, device):
     return module.build(named, options, device)
 
 
+def transform_options(method, name: str):
+    """Parsed options of one transform (its `Options` dataclass), from method.transform_options.<name>."""
+    from harness.schema import parse
+
+    module = TRANSFORMS[name]
+    given = dict(method.transform_options.get(name) or {})
+    if not hasattr(module, "Options"):
+        if given:
+            from harness.schema import ConfigError
+
+            raise ConfigError(f"transform {name} takes no options; remove method.transform_options.{name}")
+        return None
+    return parse(module.Options, given, f"method.transform_options.{name}")
+
+
 def apply_transforms(method, model, device):
     for name in method.transforms:
         _check_device(TRANSFORMS[name], device)
-        model = TRANSFORMS[name].apply(model, device)
+        model = TRANSFORMS[name].apply(model, transform_options(method, name), device)
     return model
 
 

@@ -3,8 +3,10 @@
 A random projection P ~ N(0, 1/r) (r × m, regenerated from a seed every T steps) compresses the gradient,
 R = P G; Adam runs on R only, and its direction R̃ = M̂ / (√V̂ + ε) is used just to rescale the raw gradient:
     s_j = ‖R̃[:, j]‖ / ‖R[:, j]‖   (channel-wise; tensor-wise for APOLLO-Mini: s = ‖R̃‖ / ‖R‖)
-    G̃ = α · G · diag(s),   if ‖G̃_t‖ > γ ‖G̃_{t−1}‖: G̃_t ← G̃_t · γ ‖G̃_{t−1}‖ / ‖G̃_t‖   (norm-growth limiter, γ = 1.01)
-    W ← W − lr · G̃
+    G̃ = G · diag(s),   if ‖G̃_t‖ > γ ‖G̃_{t−1}‖: G̃_t ← G̃_t · γ ‖G̃_{t−1}‖ / ‖G̃_t‖   (norm-growth limiter, γ = 1.01)
+    W ← W − lr · α · c_t · G̃,   c_t = √(1−β2^t) / (1−β1^t)
+with R̃ = M / (√V + ε) taken before bias correction and c_t applied at the end, as the reference implementation
+(apollo-torch) does.
 Channels are the columns when the projection is on the left (m ≤ n) and the rows otherwise.
 """
 from __future__ import annotations
@@ -46,15 +48,20 @@ class ApolloAdamW(ProjectedAdamW):
         # Stored as the short side × r matrix; down/back use it as Pᵀ (left) or Q (right) like GaLore's.
         state["proj"] = torch.randn(short, self.options.rank, generator=gen, device=grad.device) / self.options.rank**0.5
 
-    def full_update(self, grad, low_grad, direction, state):
+    def full_update(self, grad, low_grad, direction, state, group):
+        # As apollo-torch does: the scaling and the limiter see the direction without Adam's bias correction,
+        # which is applied to the final step instead (the limiter then ignores the bias correction's decay).
+        beta1, beta2 = group["betas"]
+        correction = (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
+        uncorrected = direction / correction
         channel_dim = 0 if state["side"] == "left" else 1  # norms over the projected dimension
         if self.options.scaling == "tensor":
-            factor = direction.norm() / low_grad.norm().clamp(min=1e-12)
-            update = grad * factor
+            update = grad * (uncorrected.norm() / low_grad.norm().clamp(min=1e-12))
         else:
-            factor = direction.norm(dim=channel_dim) / low_grad.norm(dim=channel_dim).clamp(min=1e-12)
+            factor = uncorrected.norm(dim=channel_dim) / low_grad.norm(dim=channel_dim).clamp(min=1e-12)
             update = grad * (factor.unsqueeze(0) if channel_dim == 0 else factor.unsqueeze(1))
-        return limit_growth(self.options.scale * update, state, "prev_norm", self.options.growth_limit)
+        update = limit_growth(update, state, "prev_norm", self.options.growth_limit)
+        return self.options.scale * correction * update
 
 
 check = check_rank

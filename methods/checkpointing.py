@@ -11,7 +11,7 @@ import torch
 from harness.schema import ConfigError
 
 
-def apply(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def apply(model: torch.nn.Module, options: None, device: torch.device) -> torch.nn.Module:
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing")
     kwargs = {"use_reentrant": False}

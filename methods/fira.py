@@ -23,7 +23,7 @@ class Options(LowRankOptions):
 
 
 class FiraAdamW(GaLoreAdamW):
-    def full_update(self, grad, low_grad, direction, state):
+    def full_update(self, grad, low_grad, direction, state, group):
         channel_dim = 0 if state["side"] == "left" else 1
         phi = direction.norm(dim=channel_dim) / low_grad.norm(dim=channel_dim).clamp(min=1e-12)
         residual = grad - self.back(low_grad, state)

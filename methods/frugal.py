@@ -21,7 +21,7 @@ class Options(LowRankOptions):
 
 
 class FrugalAdamW(GaLoreAdamW):
-    def full_update(self, grad, low_grad, direction, state):
+    def full_update(self, grad, low_grad, direction, state, group):
         residual = grad - self.back(low_grad, state)
         return self.options.scale * self.back(direction, state) + self.options.free_lr_ratio * residual.sign()
 

@@ -3,8 +3,8 @@ FRUGAL): AdamW whose moments live in an r-dimensional subspace for the attention
 every other parameter. A variant says how to refresh the projection, how to go down to the subspace, and how to
 turn the subspace's Adam direction into a full-size update.
 
-For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m ≤ n;
-right, R = G Q (m × r) otherwise. Moments M, V are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε).
+For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m < n;
+right, R = G Q (m × r) otherwise (square matrices on the right, as galore-torch and apollo-torch do). Moments M, V are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε).
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class ProjectedAdamW(torch.optim.Optimizer):
         proj = state["proj"].to(low.dtype)
         return proj @ low if state["side"] == "left" else low @ proj.T
 
-    def full_update(self, grad: torch.Tensor, low_grad: torch.Tensor, direction: torch.Tensor, state: dict):
+    def full_update(self, grad: torch.Tensor, low_grad: torch.Tensor, direction: torch.Tensor, state: dict,
+                    group: dict):
         """The full-size update from the raw gradient, its projection and the subspace Adam direction."""
         return self.options.scale * self.back(direction, state)
 
@@ -91,7 +92,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def side_of(grad: torch.Tensor) -> str:
-        return "left" if grad.shape[0] <= grad.shape[1] else "right"
+        return "left" if grad.shape[0] < grad.shape[1] else "right"
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -107,7 +108,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
                     if (state["step"] - 1) % self.options.update_gap == 0:
                         self.refresh(grad, state)
                     low = self.down(grad, state)
-                    update = self.full_update(grad, low, self.adam_direction(low, state, group), state)
+                    update = self.full_update(grad, low, self.adam_direction(low, state, group), state, group)
                 else:
                     update = self.adam_direction(grad, state, group)
                 if group["weight_decay"]:

@@ -52,3 +52,27 @@ def dequantize(codes: torch.Tensor, absmax: torch.Tensor, code_book: torch.Tenso
     pad = (-flat.numel()) % block
     blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, block) * absmax.unsqueeze(1)
     return blocks.view(-1)[: flat.numel()].view(codes.shape)
+
+
+# NF4 (Dettmers et al., "QLoRA", NeurIPS 2023, appendix E): the 16 quantiles of N(0, 1) normalized to [-1, 1],
+# with an exact zero; information-theoretically optimal for normally distributed weights.
+NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+
+
+def nf4_quantize(w: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 codes, two 4-bit codes per byte; fp32 absmax per block) — 0.5 + 4/block bytes per value."""
+    book = torch.tensor(NF4, device=w.device)
+    codes, absmax = quantize(w, book, block)
+    flat = codes.reshape(-1)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    return (flat[0::2] << 4 | flat[1::2]).contiguous(), absmax
+
+
+def nf4_dequantize(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size, dtype: torch.dtype,
+                   block: int = 64) -> torch.Tensor:
+    book = torch.tensor(NF4, device=packed.device)
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[: shape.numel()]
+    return dequantize(codes.view(shape), absmax, book, block).to(dtype)

@@ -19,7 +19,7 @@ def back(r, proj, left):
 def run(w0, grads, lr, gap, proj_fn, update_fn):
     """update_fn(g, r, n, proj, left, memo) -> ΔW; proj_fn(g, step) -> projection (short side × rank)."""
     w, m, v, proj, memo = w0.clone(), None, None, None, {}
-    left = w0.shape[0] <= w0.shape[1]
+    left = w0.shape[0] < w0.shape[1]
     for t, g in enumerate(grads, start=1):
         if (t - 1) % gap == 0:
             proj = proj_fn(g, t)

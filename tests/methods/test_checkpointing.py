@@ -14,7 +14,7 @@ def _forward_backward(use_checkpointing: bool):
     torch.manual_seed(0)
     model = build_model(SPEC, torch.float64, torch.device("cpu"))
     if use_checkpointing:
-        checkpointing.apply(model, torch.device("cpu"))
+        checkpointing.apply(model, None, torch.device("cpu"))
     model.train()
     batch = torch.randint(0, 97, (3, 37), generator=torch.Generator().manual_seed(1))
     probe = LiveTensorProbe()

@@ -1,0 +1,70 @@
+"""LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022), native.
+
+Each target linear layer y = W x keeps W frozen and learns a rank-r update:
+    y = W x + (α / r) · B A x,   A ∈ R^{r × in} (Kaiming-uniform init), B ∈ R^{out × r} (zeros: the model starts
+unchanged). Every other parameter is frozen, so gradients and optimizer state exist for A and B only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from harness.schema import ConfigError
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Options:
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Module, in_features: int, out_features: int, rank: int, alpha: float,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.base, self.scaling = base, alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features, dtype=dtype, device=device))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scaling
+
+
+def replace_linears(model: nn.Module, targets, make) -> int:
+    """Replace every nn.Linear whose attribute name is in `targets` by make(linear); returns how many."""
+    count = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if name in targets and isinstance(child, nn.Linear):
+                setattr(module, name, make(child))
+                count += 1
+    return count
+
+
+def add_adapters(model: nn.Module, options: Options, make_base=lambda linear: linear) -> nn.Module:
+    if options.rank < 1:
+        raise ConfigError(f"method.transform_options.lora.rank={options.rank} must be >= 1")
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def make(linear: nn.Linear) -> LoRALinear:
+        if options.rank > min(linear.in_features, linear.out_features):
+            raise ConfigError(f"LoRA rank {options.rank} exceeds a target layer's size "
+                              f"({linear.out_features} x {linear.in_features})")
+        return LoRALinear(make_base(linear), linear.in_features, linear.out_features, options.rank, options.alpha,
+                          linear.weight.dtype, linear.weight.device)
+
+    if replace_linears(model, set(options.targets), make) == 0:
+        raise ConfigError(f"LoRA found no nn.Linear named {options.targets} in {type(model).__name__}")
+    return model
+
+
+def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
+    return add_adapters(model, options)
