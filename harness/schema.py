@@ -108,7 +108,7 @@ class RunSpec:
     busy_gpu: Literal["flag", "refuse", "ignore"]
     live_tensor_probe: bool
     nvml_interval_ms: int
-    inject_fault: Literal["none", "raise", "oom", "segfault", "kill", "hang", "nan_loss"]
+    inject_fault: Literal["none", "raise", "oom", "segfault", "kill", "hang", "nan_loss", "missing_package"]
 
     def check(self) -> None:
         if self.repeats < 1:

@@ -64,6 +64,10 @@ def _fault_injector(kind: str):
             os.kill(os.getpid(), signal.SIGKILL)
         if kind == "hang":
             time.sleep(10**6)
+        if kind == "missing_package":
+            from methods import require
+
+            require("membench_absent_package_drill", "run.inject_fault=missing_package")
         if kind == "nan_loss":
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import importlib
 
-from methods import (adafactor, adamw, adamw8bit, apollo, apollo_mini, bnb_adamw8bit, checkpointing, fira, frugal,
-                     galore, galore8bit, lisa, loops, lora, mezo, qlora, sgd, zo_adam)
+from methods import (adafactor, adamw, adamw8bit, apollo, apollo_mini, apollo_torch, bnb_adamw8bit, checkpointing, fira,
+                     frugal, galore, galore8bit, galore_torch, galore_torch8bit, lisa, loops, lora, mezo, qlora, sgd, torchao_adamw4bit,
+                     torchao_adamw8bit, zo_adam)
 
 
 class MissingRequirement(RuntimeError):
@@ -37,7 +38,13 @@ OPTIMIZERS = {
     "mezo": mezo,
     "zo_adam": zo_adam,
     "lisa": lisa,
+    # reference packages run as methods (a row `skipped` where the package is absent)
     "bnb_adamw8bit": bnb_adamw8bit,
+    "torchao_adamw8bit": torchao_adamw8bit,
+    "torchao_adamw4bit": torchao_adamw4bit,
+    "galore_torch": galore_torch,
+    "galore_torch8bit": galore_torch8bit,
+    "apollo_torch": apollo_torch,
 }
 
 TRANSFORMS = {
@@ -108,8 +115,12 @@ def build_optimizer(method, model, device):
     _check_device(module, device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if method.loop == "layerwise":
-        return loops.LayerwiseOptimizer(lambda one: module.build(one, options, device), named)
-    return module.build(named, options, device)
+        optimizer = loops.LayerwiseOptimizer(lambda one: module.build(one, options, device), named)
+    else:
+        optimizer = module.build(named, options, device)
+    if getattr(module, "COMPILED_STEP", False):
+        loops.hide_step_from_dispatch_modes(optimizer)
+    return optimizer
 
 
 def transform_options(method, name: str):

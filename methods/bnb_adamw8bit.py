@@ -1,16 +1,14 @@
 """bitsandbytes' 8-bit AdamW (Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022), run as
 a method so that native 8-bit optimizers can be compared with it in one sweep. The update is AdamW's; m and v are
 stored as 8-bit dynamic-tree codes with one fp32 absmax per block of 256 (2 bytes + 8/256 bytes per parameter).
-Needs the `ref` extra (bitsandbytes) and a CUDA device; without them the job's row is `skipped`.
+Needs bitsandbytes (`ref` / `dev` extras); without it the job's row is `skipped`. Runs on CUDA and, with
+bitsandbytes >= 0.45, on CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-
-REQUIRES_CUDA = True
-
 
 @dataclass(frozen=True)
 class Options:

@@ -2,7 +2,10 @@
 and returns the detached loss; the probes measure memory per phase (forward, backward, optimizer)."""
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 
 def causal_lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
@@ -70,3 +73,17 @@ class LayerwiseOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         return None
+
+
+def hide_step_from_dispatch_modes(optimizer) -> None:
+    """Run optimizer.step with Python dispatch modes switched off. For optimizers whose step is torch.compile'd
+    with fullgraph=True (torchao's), which refuse to trace under a mode such as the live-tensor probe: the probe then
+    sees no temporaries of the step (optimizer_state is still counted from the state tensors)."""
+    step = optimizer.step
+
+    @functools.wraps(step)
+    def plain_step(*args, **kwargs):
+        with _disable_current_modes():
+            return step(*args, **kwargs)
+
+    optimizer.step = plain_step

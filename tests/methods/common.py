@@ -18,3 +18,27 @@ def run_optimizer(optimizer, params, grads_per_step) -> None:
         for p, grad in zip(params, grads, strict=True):
             p.grad = grad.clone()
         optimizer.step()
+
+
+def train_linear_pair(build_a, build_b, steps: int = 20, device: str = "cpu"):
+    """Two identical small linear models trained on the same data by two optimizers; returns (models, losses)."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 256)).to(device) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [build_a([(f"mlp.{n}", p) for n, p in models[0].named_parameters()]),
+            build_b([(f"mlp.{n}", p) for n, p in models[1].named_parameters()])]
+    x = torch.randn(64, 256, device=device)
+    losses = [[], []]
+    for _ in range(steps):
+        for i in range(2):
+            loss = (models[i](x) - x).pow(2).mean()
+            loss.backward()
+            opts[i].step()
+            opts[i].zero_grad()
+            losses[i].append(loss.item())
+    return models, opts, losses
+
+
+def max_weight_gap(models) -> float:
+    return max(float((a - b).detach().abs().max()) for a, b in zip(models[0].parameters(), models[1].parameters(),
+                                                                      strict=True))

@@ -1,36 +1,29 @@
-"""The bitsandbytes wrapper: skipped (not failed) where bitsandbytes or CUDA is missing; on a GPU it trains."""
-import importlib.util
-
+"""The bitsandbytes wrapper trains where bitsandbytes is installed (CPU or GPU) and tracks our native 8-bit AdamW."""
 import pytest
 import torch
 
 from harness.schema import parse
-from methods import bnb_adamw8bit
-from tests.helpers import FAST, rows_of, run_cli
+from methods import adamw8bit, bnb_adamw8bit
 
 
-def test_missing_package_or_cuda_gives_a_skipped_row(results_dir):
-    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
-        pytest.skip("bitsandbytes and CUDA are both present here")
-    fast = [a for a in FAST if not a.startswith("run.device")]
-    proc = run_cli(["method=bnb_adamw8bit", "run.device=auto", *fast], results_dir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (row,) = rows_of(results_dir)
-    assert row["status"] == "skipped" and ("bitsandbytes" in row["error"] or "CUDA" in row["error"])
-
-
-@pytest.mark.gpu
-def test_bnb_adamw8bit_trains_on_gpu():
+def test_bnb_adamw8bit_trains_and_stays_near_ours():
     pytest.importorskip("bitsandbytes")
-    layer = torch.nn.Linear(512, 512, device="cuda")
-    opt = bnb_adamw8bit.build(list(layer.named_parameters()), parse(bnb_adamw8bit.Options, {"lr": 1e-2}, "m"),
-                              torch.device("cuda"))
-    x = torch.randn(64, 512, device="cuda")
-    first = None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(256, 256, device=device) for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    theirs = bnb_adamw8bit.build(list(layers[0].named_parameters()), parse(bnb_adamw8bit.Options, {"lr": 1e-2}, "m"),
+                                 device)
+    ours = adamw8bit.build(list(layers[1].named_parameters()), parse(adamw8bit.Options, {"lr": 1e-2}, "m"), device)
+    x = torch.randn(64, 256, device=device)
+    losses = []
     for _ in range(20):
-        loss = layer(x).pow(2).mean()
-        first = first or loss.item()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < first
+        for layer, opt in zip(layers, (theirs, ours), strict=True):
+            loss = layer(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    # two different 8-bit quantizers of the same AdamW: 20 steps of lr 1e-2 move weights up to 0.2
+    assert (layers[0].weight - layers[1].weight).abs().max() < 0.02
