@@ -22,4 +22,5 @@ def test_torchao_adamw8bit_tracks_ours_and_counts_inner_bytes():
     theirs = [t for p in matrices for t in opts[0].state[p].values() if isinstance(t, torch.Tensor)]
     naive = sum(t.numel() * t.element_size() for t in theirs)
     per_param = storage_bytes(theirs) / n
-    assert 2.0 <= per_param <= 2.05 and naive / n >= 7.9
+    # codes + one fp32 scale per 256 + torchao's 256-entry fp32 code book stored with every state tensor
+    assert 2.0 <= per_param <= 2.1 and naive / n >= 7.9
