@@ -1,0 +1,55 @@
+"""Fused linear cross-entropy as a model transform (kernels/fused_linear_ce.py): the causal-LM loss is computed
+from the decoder's hidden states and the LM-head weight without materializing the batch × seq × vocab logits.
+Works for any Hugging Face causal LM with get_decoder() and get_output_embeddings() (no LM-head bias).
+The forward returns only the loss (logits=None), so the transform is for training and loss evaluation.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from harness.schema import ConfigError
+
+BUDGET = {"memory": 0.02, "speed": 0.30}  # fp32 logits chunk, as a fraction of the two gradients' bytes
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: Literal["memory", "speed"] = "memory"
+    label_smoothing: float = 0.0
+    ignore_index: int = -100
+
+
+def shifted(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict token t+1 from position t: drop the last position and the first label."""
+    return hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
+
+
+def install_loss(model: torch.nn.Module, loss_fn) -> torch.nn.Module:
+    """Make model(input_ids=…, labels=…) return SimpleNamespace(loss=loss_fn(hidden, head_weight, targets))."""
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise ConfigError(f"{type(model).__name__} has no bias-free output embedding; a fused loss needs one")
+    decoder = model.get_decoder()
+
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        hidden = decoder(input_ids=input_ids, **kwargs).last_hidden_state
+        h, targets = shifted(hidden, labels)
+        return types.SimpleNamespace(loss=loss_fn(h, head.weight, targets), logits=None)
+
+    model.forward = types.MethodType(forward, model)
+    return model
+
+
+def apply(model: torch.nn.Module, options: Options, device: torch.device) -> torch.nn.Module:
+    from kernels.fused_linear_ce import fused_linear_cross_entropy
+
+    def loss_fn(h, weight, targets):
+        return fused_linear_cross_entropy(h, weight, targets, ignore_index=options.ignore_index,
+                                          label_smoothing=options.label_smoothing,
+                                          budget_fraction=BUDGET[options.mode])
+
+    return install_loss(model, loss_fn)
