@@ -73,7 +73,7 @@ def ce_rows(z: torch.Tensor, targets: torch.Tensor, ignore_index: int, smoothing
     if not z.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return _ce_rows_torch(z, targets, ignore_index, smoothing, grad_scale, write_grad)
     rows, vocab = z.shape
-    losses = torch.empty(rows, dtype=torch.float32, device=z.device)
+    losses = torch.empty(rows, dtype=z.dtype, device=z.device)
     if rows:
         _ce_rows_kernel[(rows,)](z, z.stride(0), targets, losses, vocab, ignore_index, smoothing, grad_scale,
                                  BLOCK_V=min(4096, triton.next_power_of_2(vocab)), WRITE_GRAD=write_grad)
@@ -94,10 +94,11 @@ class _FusedLinearCE(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         grad_weight = torch.zeros_like(weight) if need_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        accumulate = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
         for start in range(0, n_tokens, chunk):
             h = hidden[start:start + chunk]
-            z = (h @ weight.T).float()
+            z = (h @ weight.T).to(accumulate)
             losses = ce_rows(z, targets[start:start + chunk], ignore_index, smoothing, 1.0 / max(n_valid, 1),
                              write_grad=need_grad)
             total += losses.sum()
