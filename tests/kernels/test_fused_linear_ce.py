@@ -76,3 +76,15 @@ def test_plain_torch_path_matches_the_kernel(monkeypatch):
     torch_loss = module._ce_rows_torch(torch_z, y, -100, 0.1, 0.2, True)
     torch.testing.assert_close(kernel_loss.cpu(), torch_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kernel_z.cpu(), torch_z, rtol=1e-5, atol=1e-7)
+
+
+def test_benchmark_writes_rows(tmp_path, monkeypatch):
+    from harness.results import read_rows
+    from kernels import bench_fused_linear_ce, benchmark
+
+    monkeypatch.setattr(benchmark, "PROJECT_ROOT", tmp_path)
+    bench_fused_linear_ce.main(["--tokens", "64", "--hidden", "16", "--vocab", "300", "--dtype", "fp32",
+                                "--repeats", "2", "--device", "cpu"])
+    rows = read_rows(tmp_path / "results" / "runs" / "kernels" / "fused_linear_ce.rows.jsonl")
+    assert {r["variant"] for r in rows} == {"eager", "ours_memory", "ours_speed"}
+    assert all(r["status"] == "ok" and r["step_ms"] > 0 and r["bound_bytes"] == (64 + 300) * 16 * 2 for r in rows)

@@ -1,0 +1,104 @@
+"""Benchmark: fused linear cross-entropy, forward + backward, against torch.compile of the plain
+F.cross_entropy(h @ W.T, y), eager PyTorch, Liger-Kernel and cut-cross-entropy, measured in one run.
+
+Memory beyond the inputs is torch.cuda.max_memory_allocated during forward + backward minus what was allocated
+before; the lower bound is the two gradients, (N + V) · D · 2 bytes. Time is the median of repeats (synchronized).
+Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
+
+    python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from kernels.benchmark import peak_bytes, print_table, time_ms, write_rows
+from kernels.fused_linear_ce import fused_linear_cross_entropy
+
+
+def plain(h, w, y):
+    return F.cross_entropy((h @ w.T).float(), y, ignore_index=-100)
+
+
+def variants(device: torch.device) -> dict:
+    out = {"eager": plain, "ours_memory": lambda h, w, y: fused_linear_cross_entropy(h, w, y, budget_fraction=0.02),
+           "ours_speed": lambda h, w, y: fused_linear_cross_entropy(h, w, y, budget_fraction=0.30)}
+    if device.type == "cuda":
+        out["torch_compile"] = torch.compile(plain)
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            liger = LigerFusedLinearCrossEntropyLoss()
+            out["liger"] = lambda h, w, y: liger(w, h, y)
+        except ImportError as e:
+            out["liger"] = f"skipped: {e}"
+        try:
+            from cut_cross_entropy import linear_cross_entropy
+
+            out["cut_cross_entropy"] = lambda h, w, y: linear_cross_entropy(h, w, y)
+        except ImportError as e:
+            out["cut_cross_entropy"] = f"skipped: {e}"
+    return out
+
+
+def measure(name, fn, n, d, v, dtype, device, repeats) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    h = (torch.randn(n, d, generator=gen, device=device) * 0.05).to(dtype).requires_grad_()
+    w = (torch.randn(v, d, generator=gen, device=device) * 0.05).to(dtype).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=gen, device=device)
+    y[::97] = -100
+    row = {"kernel": "fused_linear_ce", "variant": name, "shape": f"{n}x{d}x{v}", "tokens": n, "hidden": d,
+           "vocab": v, "dtype": str(dtype).removeprefix("torch."), "bound_bytes": (n + v) * d * 2}
+
+    def step():
+        h.grad = w.grad = None
+        fn(h, w, y).backward()
+
+    try:
+        median, p20, p80 = time_ms(step, device, warmup=3, repeats=repeats)
+        h.grad = w.grad = None
+        peak = peak_bytes(step, device)
+        row.update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80, peak_beyond_inputs=peak)
+        if peak is not None:
+            row["peak_over_bound"] = peak / row["bound_bytes"]
+    except torch.OutOfMemoryError as e:
+        row.update(status="oom", error=str(e).splitlines()[0])
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[128256, 32000, 256000])
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    rows = []
+    for vocab in args.vocab:
+        batch = []
+        for name, fn in variants(device).items():
+            if isinstance(fn, str):
+                batch.append({"kernel": "fused_linear_ce", "variant": name, "vocab": vocab, "status": "skipped",
+                              "error": fn, "shape": f"{args.tokens}x{args.hidden}x{vocab}"})
+                continue
+            batch.append(measure(name, fn, args.tokens, args.hidden, vocab, dtype, device, args.repeats))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        base = next((r for r in batch if r["variant"] == "torch_compile" and "step_ms" in r), None)
+        for r in batch:
+            if base and "step_ms" in r:
+                r["time_over_compile"] = r["step_ms"] / base["step_ms"]
+        rows += batch
+    path = write_rows("fused_linear_ce", rows, device)
+    print_table(rows, ["vocab", "variant", "status", "step_ms", "time_over_compile", "peak_beyond_inputs",
+                       "bound_bytes", "peak_over_bound"])
+    print(f"rows: {path}")
+
+
+if __name__ == "__main__":
+    main()
