@@ -1,0 +1,220 @@
+"""KIVI-style KV-cache quantization (Liu et al., "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache",
+ICML 2024): keys per-channel, values per-token, asymmetric b-bit codes (b = 2 or 4) with an fp16 scale and zero
+per group of G, the not-yet-full group of the most recent tokens kept in fp16 (the residual), and a decode
+attention kernel that dequantizes inside the score and value products.
+
+Layout for one layer, B × H heads of dimension D, T_q quantized tokens (a multiple of G):
+    keys   codes (B, H, T_q · b / 8, D) uint8, packed along tokens;  scale, zero (B, H, T_q / G, D) fp16
+    values codes (B, H, T_q, D · b / 8) uint8, packed along channels; scale, zero (B, H, T_q, D / G_v) fp16
+Asymmetric quantization of a group x: s = (max − min) / (2^b − 1), q = round((x − min) / s), x̂ = s q + min,
+so |x − x̂| ≤ s / 2. Bytes per element: b/8 + 4/G (keys) and b/8 + 4/G_v (values), against 2 in bf16.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import triton
+import triton.language as tl
+
+
+def quantize_groups(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric quantization with min/max taken along `dim` (the group axis): (codes uint8, scale, zero)."""
+    low, high = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
+    scale = ((high - low) / (2**bits - 1)).clamp(min=1e-8)
+    codes = ((x - low) / scale).round_().clamp_(0, 2**bits - 1).to(torch.uint8)
+    return codes, scale.half(), low.half()
+
+
+def pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Pack 8/bits consecutive codes along `dim` into one byte, lowest bits first."""
+    per_byte = 8 // bits
+    codes = codes.movedim(dim, -1)
+    codes = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per_byte, per_byte)
+    shifts = torch.arange(0, 8, bits, device=codes.device, dtype=torch.uint8)
+    return (codes << shifts).sum(dim=-1, dtype=torch.uint8).movedim(-1, dim).contiguous()
+
+
+def unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    per_byte = 8 // bits
+    packed = packed.movedim(dim, -1)
+    shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
+    codes = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
+    return codes.reshape(*packed.shape[:-1], packed.shape[-1] * per_byte).movedim(-1, dim)
+
+
+@dataclass
+class KIVICache:
+    """The KV cache of one layer: quantized groups plus an fp16 residual of fewer than `group` tokens."""
+
+    bits: int = 2
+    group: int = 128  # G: tokens per key group
+    value_group: int = 128  # G_v: channels per value group (capped at the head dimension)
+    buffers: dict = field(default_factory=dict)  # name -> (B, H, capacity along dim 2, ...) storage, doubled as needed
+    quantized_tokens: int = 0
+    residual_k: torch.Tensor | None = None
+    residual_v: torch.Tensor | None = None
+
+
+    def __post_init__(self):
+        if self.bits not in (2, 4):
+            raise ValueError(f"bits={self.bits}; KIVI kernels support 2 or 4")
+        if self.group % (8 // self.bits):
+            raise ValueError(f"group={self.group} must be a multiple of {8 // self.bits}")
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add tokens (B, H, t, D); every full group of G residual tokens is quantized and leaves the residual."""
+        self.residual_k = k.half() if self.residual_k is None else torch.cat([self.residual_k, k.half()], dim=2)
+        self.residual_v = v.half() if self.residual_v is None else torch.cat([self.residual_v, v.half()], dim=2)
+        while self.residual_k.shape[2] >= self.group:
+            # clone the remainder: a view would keep the whole appended chunk's storage alive
+            gk, self.residual_k = self.residual_k[:, :, : self.group], self.residual_k[:, :, self.group:].clone()
+            gv, self.residual_v = self.residual_v[:, :, : self.group], self.residual_v[:, :, self.group:].clone()
+            codes, scale, zero = quantize_groups(gk.float(), self.bits, dim=2)  # per channel over G tokens
+            parts = {"key_codes": pack(codes, self.bits, dim=2), "key_scale": scale, "key_zero": zero}
+            d = gv.shape[-1]
+            gv_groups = gv.float().reshape(*gv.shape[:-1], d // self.channel_group(d), self.channel_group(d))
+            codes, scale, zero = quantize_groups(gv_groups, self.bits, dim=-1)  # per token over G_v channels
+            parts.update(value_codes=pack(codes.reshape(gv.shape), self.bits, dim=3),
+                         value_scale=scale.squeeze(-1), value_zero=zero.squeeze(-1))
+            self._write(parts)
+            self.quantized_tokens += self.group
+
+    def channel_group(self, head_dim: int) -> int:
+        return min(self.value_group, head_dim)
+
+    def _rows(self, name: str, tokens: int) -> int:
+        """Rows along dim 2 that `tokens` quantized tokens occupy in buffer `name`."""
+        if name == "key_codes":
+            return tokens * self.bits // 8
+        if name.startswith("key_"):
+            return tokens // self.group
+        return tokens
+
+    def _write(self, parts: dict) -> None:
+        for name, part in parts.items():
+            start, end = self._rows(name, self.quantized_tokens), self._rows(name, self.quantized_tokens + self.group)
+            buffer = self.buffers.get(name)
+            if buffer is None or buffer.shape[2] < end:  # double the capacity: amortized O(1) appends
+                grown = part.new_empty(*part.shape[:2], max(end, 2 * (buffer.shape[2] if buffer is not None else 0)),
+                                       *part.shape[3:])
+                if buffer is not None:
+                    grown[:, :, :start] = buffer[:, :, :start]
+                self.buffers[name] = buffer = grown
+            buffer[:, :, start:end] = part
+
+    def quantized(self) -> dict | None:
+        """Views of the quantized part (no copy), in the layout of the module docstring."""
+        if not self.quantized_tokens:
+            return None
+        return {name: buffer[:, :, : self._rows(name, self.quantized_tokens)] for name, buffer in self.buffers.items()}
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(self.buffers.values()) + [t for t in (self.residual_k, self.residual_v) if t is not None]
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys and values in fp32 (for reference checks; decoding never builds this)."""
+        q = self.quantized()
+        keys, values = [], []
+        if q is not None:
+            b, h, _, d = q["key_codes"].shape
+            k_codes = unpack(q["key_codes"], self.bits, dim=2).float()
+            t = k_codes.shape[2]
+            k = k_codes.view(b, h, t // self.group, self.group, d) * q["key_scale"].float().unsqueeze(3) \
+                + q["key_zero"].float().unsqueeze(3)
+            keys.append(k.reshape(b, h, t, d))
+            gv = self.channel_group(d)
+            v_codes = unpack(q["value_codes"], self.bits, dim=3).float().view(b, h, t, d // gv, gv)
+            v = v_codes * q["value_scale"].float().unsqueeze(-1) + q["value_zero"].float().unsqueeze(-1)
+            values.append(v.reshape(b, h, t, d))
+        keys.append(self.residual_k.float())
+        values.append(self.residual_v.float())
+        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+
+@triton.jit
+def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, out_ptr, lse_ptr, T, sm_scale,
+                        kc_bh, ks_bh, vc_bh, vs_bh, D: tl.constexpr, G: tl.constexpr, GV: tl.constexpr, BITS: tl.constexpr,
+                        BLOCK_T: tl.constexpr):
+    """One program per (batch, head): online-softmax attention of one query over T quantized tokens."""
+    bh = tl.program_id(0).to(tl.int64)
+    per_byte: tl.constexpr = 8 // BITS
+    mask_bits: tl.constexpr = (1 << BITS) - 1
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + bh * D + d).to(tl.float32) * sm_scale
+    kc_base = kc_ptr + bh * kc_bh  # per-(batch, head) strides: the buffers have spare capacity
+    vc_base = vc_ptr + bh * vc_bh
+    running_max = -float("inf")
+    running_sum = 0.0
+    acc = tl.zeros([D], dtype=tl.float32)
+    for start in range(0, T, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        valid = t < T
+        # keys: codes packed along tokens; scale/zero per (token group, channel)
+        k_byte = tl.load(kc_base + (t[:, None] // per_byte) * D + d[None, :], mask=valid[:, None], other=0)
+        k_code = (k_byte >> ((t[:, None] % per_byte) * BITS).to(tl.uint8)) & mask_bits
+        group = t // G
+        k_scale = tl.load(ks_ptr + bh * ks_bh + group[:, None] * D + d[None, :], mask=valid[:, None], other=0)
+        k_zero = tl.load(kz_ptr + bh * ks_bh + group[:, None] * D + d[None, :], mask=valid[:, None], other=0)
+        k = k_code.to(tl.float32) * k_scale.to(tl.float32) + k_zero.to(tl.float32)
+        scores = tl.sum(k * q[None, :], axis=1)
+        scores = tl.where(valid, scores, -float("inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+        correction = tl.exp(running_max - new_max)
+        p = tl.exp(scores - new_max)
+        running_sum = running_sum * correction + tl.sum(p, axis=0)
+        # values: codes packed along channels; scale/zero per (token, channel group)
+        v_byte = tl.load(vc_base + t[:, None] * (D // per_byte) + d[None, :] // per_byte, mask=valid[:, None],
+                         other=0)
+        v_code = (v_byte >> ((d[None, :] % per_byte) * BITS).to(tl.uint8)) & mask_bits
+        v_scale = tl.load(vs_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
+                          other=0)
+        v_zero = tl.load(vz_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
+                         other=0)
+        v = v_code.to(tl.float32) * v_scale.to(tl.float32) + v_zero.to(tl.float32)
+        acc = acc * correction + tl.sum(p[:, None] * v, axis=0)
+        running_max = new_max
+    tl.store(out_ptr + bh * D + d, acc / running_sum)
+    tl.store(lse_ptr + bh, running_max + tl.log(running_sum))
+
+
+def _quantized_part_torch(q, quantized, cache, sm_scale):
+    """Plain-torch path for CPU jobs: same math, dequantizing the whole quantized part."""
+    keys, values = cache.dequantized()
+    t = quantized["value_codes"].shape[2]
+    scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, keys[:, :, :t])
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("bht,bhtd->bhd", torch.softmax(scores, dim=-1), values[:, :, :t])
+    return out, lse
+
+
+def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
+    """softmax(q Kᵀ / √D) V for one new query per (batch, head) over the whole cache (quantized + residual)."""
+    b, h, d = q.shape
+    sm_scale = d**-0.5
+    parts = []
+    quantized = cache.quantized()
+    if quantized is not None:
+        if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+            t = quantized["value_codes"].shape[2]
+            out = torch.empty(b, h, d, dtype=torch.float32, device=q.device)
+            lse = torch.empty(b, h, dtype=torch.float32, device=q.device)
+            names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
+            _kivi_decode_kernel[(b * h,)](q.contiguous(), *(quantized[n] for n in names), out, lse, t, sm_scale,
+                                          quantized["key_codes"].stride(1), quantized["key_scale"].stride(1),
+                                          quantized["value_codes"].stride(1), quantized["value_scale"].stride(1),
+                                          D=d, G=cache.group,
+                                          GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=min(64, cache.group))
+        else:
+            out, lse = _quantized_part_torch(q, quantized, cache, sm_scale)
+        parts.append((out, lse))
+    if cache.residual_k is not None and cache.residual_k.shape[2]:
+        scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, cache.residual_k.float())
+        parts.append((torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), cache.residual_v.float()),
+                      torch.logsumexp(scores, dim=-1)))
+    if len(parts) == 1:
+        return parts[0][0].to(q.dtype)
+    (o1, l1), (o2, l2) = parts
+    total = torch.logaddexp(l1, l2)
+    return (o1 * (l1 - total).exp().unsqueeze(-1) + o2 * (l2 - total).exp().unsqueeze(-1)).to(q.dtype)

@@ -1,0 +1,78 @@
+"""KIVI: quantization error within the asymmetric bound s/2 per group, packing round trip, the byte budget at
+4096 tokens, and the decode attention kernel against plain attention over the dequantized cache (odd lengths,
+residual present, 2 and 4 bits). Runs on CPU through TRITON_INTERPRET=1."""
+import pytest
+import torch
+
+from harness.probes import storage_bytes
+from kernels.kivi import KIVICache, kivi_decode_attention, pack, quantize_groups, unpack
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_quantization_error_within_half_a_step(bits):
+    x = torch.randn(3, 64, 40, generator=torch.Generator().manual_seed(bits)) * 3
+    codes, scale, zero = quantize_groups(x, bits, dim=1)
+    x_hat = codes.float() * scale.float() + zero.float()
+    step = (x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)) / (2**bits - 1)
+    # half a quantization step, plus the fp16 rounding of scale and zero
+    assert ((x - x_hat).abs() <= step / 2 + 2e-3 * (x.abs().amax() + 1)).all()
+    assert int(codes.max()) <= 2**bits - 1
+
+
+@pytest.mark.parametrize("bits,dim", [(2, 2), (4, 2), (2, 3), (4, 3)])
+def test_pack_round_trip(bits, dim):
+    codes = torch.randint(0, 2**bits, (2, 3, 16, 8), dtype=torch.uint8)
+    packed = pack(codes, bits, dim)
+    assert packed.shape[dim] == codes.shape[dim] * bits // 8
+    assert torch.equal(unpack(packed, bits, dim), codes)
+
+
+def test_two_bit_cache_is_under_sixteen_percent_of_bf16_at_4096_tokens():
+    cache = KIVICache(bits=2, group=128, value_group=128)
+    b, h, d, t = 1, 2, 128, 4096
+    for _ in range(t // 512):
+        cache.append(torch.randn(b, h, 512, d), torch.randn(b, h, 512, d))
+    bf16_bytes = 2 * b * h * t * d * 2
+    ratio = storage_bytes(cache.tensors()) / bf16_bytes
+    assert ratio <= 0.16, ratio
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("tokens,group", [(160, 32), (77, 16), (64, 64)])
+def test_decode_attention_matches_attention_over_the_dequantized_cache(bits, tokens, group):
+    gen = torch.Generator().manual_seed(tokens)
+    b, h, d = 2, 3, 32
+    cache = KIVICache(bits=bits, group=group, value_group=16)
+    k, v = torch.randn(b, h, tokens, d, generator=gen), torch.randn(b, h, tokens, d, generator=gen)
+    cache.append(k[:, :, :50].to(DEVICE), v[:, :, :50].to(DEVICE))
+    cache.append(k[:, :, 50:].to(DEVICE), v[:, :, 50:].to(DEVICE))
+    q = torch.randn(b, h, d, generator=gen).to(DEVICE)
+    keys, values = cache.dequantized()
+    scores = torch.einsum("bhd,bhtd->bht", q.double() / d**0.5, keys.double())
+    expected = torch.einsum("bht,bhtd->bhd", scores.softmax(-1), values.double())
+    out = kivi_decode_attention(q, cache)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    exact = torch.einsum("bht,bhtd->bhd", torch.einsum("bhd,bhtd->bht", q.double().cpu() / d**0.5,
+                                                       k.double()).softmax(-1), v.double())
+    # against the unquantized cache the error is quantization error: bounded, larger for 2 bits
+    assert float((out.double().cpu() - exact).abs().mean()) < (0.35 if bits == 2 else 0.08)
+
+
+def test_bad_bits_refused():
+    with pytest.raises(ValueError, match="2 or 4"):
+        KIVICache(bits=3)
+
+
+def test_benchmark_writes_rows(tmp_path, monkeypatch):
+    from harness.results import read_rows
+    from kernels import bench_kivi, benchmark
+
+    monkeypatch.setattr(benchmark, "PROJECT_ROOT", tmp_path)
+    bench_kivi.main(["--tokens", "256", "--heads", "2", "--head-dim", "32", "--group", "64", "--repeats", "2",
+                     "--device", "cpu"])
+    rows = {r["variant"]: r for r in read_rows(tmp_path / "results" / "runs" / "kernels" / "kivi.rows.jsonl")}
+    assert set(rows) == {"bf16_sdpa", "kivi_2bit", "kivi_4bit"}
+    assert rows["kivi_2bit"]["bytes_over_bf16"] < rows["kivi_4bit"]["bytes_over_bf16"] < 0.5
+    assert rows["kivi_4bit"]["mean_abs_error"] < rows["kivi_2bit"]["mean_abs_error"]
