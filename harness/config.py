@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -30,7 +30,7 @@ GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 OPERATIONAL_KEYS = ("run.force", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu")
 
 
-@lru_cache(maxsize=None)
+@cache
 def group_options(group: str) -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from harness import PROJECT_ROOT
 from harness.config import Job
@@ -68,7 +68,7 @@ def run_job(job: Job, provenance: dict) -> dict:
     result_path.unlink(missing_ok=True)
     write_json_atomic(job.job_dir / "job.json", {"run_id": job.run_id, "repeat": job.repeat, "config": job.config})
     row = {"run_id": job.run_id, "sweep": job.spec.sweep.name, "repeat": job.repeat,
-           "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "ok", "error": None,
+           "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "status": "ok", "error": None,
            **_config_columns(job), **provenance,
            "deterministic_fields": ["weights", "grads", "optimizer_state", "activations", "cpu_live_peak",
                                     "peak_allocated"]}

@@ -17,8 +17,15 @@ import torch
 
 from harness import data as data_lib
 from harness.models import build_model, flops_per_token
-from harness.probes import (LiveTensorProbe, NvmlSampler, PhaseProbe, model_tensors, no_phase,
-                            optimizer_state_tensors, storage_bytes)
+from harness.probes import (
+    LiveTensorProbe,
+    NvmlSampler,
+    PhaseProbe,
+    model_tensors,
+    no_phase,
+    optimizer_state_tensors,
+    storage_bytes,
+)
 from harness.schema import JobSpec
 from methods import apply_transforms, build_optimizer, loop_step
 

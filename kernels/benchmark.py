@@ -6,7 +6,7 @@ import hashlib
 import json
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ def write_rows(name: str, rows: list[dict], device: torch.device, out_dir: Path 
     out_dir = out_dir or PROJECT_ROOT / "results" / "runs" / "kernels"
     path = out_dir / f"{name}.rows.jsonl"
     provenance = {**git_state(), **host_state(), **(cuda_state() if device.type == "cuda" else {"gpu": "cpu"})}
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     for row in rows:
         identity = json.dumps({k: row.get(k) for k in ("kernel", "variant", "shape")}, sort_keys=True)
         append_row(path, {"run_id": hashlib.sha256((identity + stamp).encode()).hexdigest()[:16], "sweep": name,

@@ -7,9 +7,34 @@ from __future__ import annotations
 
 import importlib
 
-from methods import (adafactor, adamw, adamw8bit, apollo, apollo_mini, apollo_torch, bnb_adamw8bit, cce_fused_ce,
-                     checkpointing, fira, frugal, fused_ce, galore, galore8bit, galore_torch, galore_torch8bit,
-                     liger_fused_ce, lisa, loops, lora, mezo, qlora, sgd, torchao_adamw4bit, torchao_adamw8bit, zo_adam)
+from methods import (
+    adafactor,
+    adamw,
+    adamw8bit,
+    apollo,
+    apollo_mini,
+    apollo_torch,
+    bnb_adamw8bit,
+    cce_fused_ce,
+    checkpointing,
+    fira,
+    frugal,
+    fused_ce,
+    galore,
+    galore8bit,
+    galore_torch,
+    galore_torch8bit,
+    liger_fused_ce,
+    lisa,
+    loops,
+    lora,
+    mezo,
+    qlora,
+    sgd,
+    torchao_adamw4bit,
+    torchao_adamw8bit,
+    zo_adam,
+)
 
 
 class MissingRequirement(RuntimeError):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+
 @dataclass(frozen=True)
 class Options:
     lr: float = 1e-3

@@ -8,14 +8,14 @@ the second moment: 254 positive, 0 and 1). Bytes per value: 1 + 4/block.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 BLOCK = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dynamic_map_cpu(signed: bool) -> torch.Tensor:
     values = [0.0, 1.0]
     for i in range(7):

@@ -8,11 +8,27 @@ from hypothesis import strategies as st
 from harness.config import group_options, plan
 from harness.schema import ConfigError
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: CI sees the same 60 examples every run (no flaky failures); run with --hypothesis-seed to explore
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _runs_on_cpu(method: str) -> bool:
+    import yaml
+
+    import methods
+    from harness import CONF_DIR
+
+    cfg = yaml.safe_load((CONF_DIR / "method" / f"{method}.yaml").read_text())
+    parts = [methods.OPTIMIZERS[cfg["optimizer"]["name"]]] + [methods.TRANSFORMS[t] for t in cfg["transforms"]]
+    return not any(getattr(part, "REQUIRES_CUDA", False) for part in parts)
+
+
+CPU_METHODS = [m for m in group_options("method") if _runs_on_cpu(m)]
 
 valid_override = st.one_of(
-    st.sampled_from(group_options("method")).map(lambda m: f"method={m}" if m != "bnb_adamw8bit" else "method=sgd"),
-    st.sampled_from(["llama_tiny", "llama_small", "llama_60m"]).map(lambda m: f"model={m}"),
+    st.sampled_from(CPU_METHODS).map(lambda m: f"method={m}"),
+    st.sampled_from(["llama_60m", "llama_130m"]).map(lambda m: f"model={m}"),  # wide enough for every default rank
     st.integers(1, 64).map(lambda b: f"train.batch_size={b}"),
     st.integers(2, 512).map(lambda s: f"train.seq_len={s}"),
     st.integers(0, 10**6).map(lambda s: f"train.seed={s}"),
@@ -41,6 +57,11 @@ def _distinct_keys(overrides):
 @given(st.lists(valid_override, max_size=4).filter(_distinct_keys))
 def test_valid_overrides_compose(tmp_path_factory, overrides):
     results_dir = tmp_path_factory.mktemp("r") / "results"
+    if not any(o.startswith("model=") for o in overrides):
+        overrides = [*overrides, "model=llama_60m"]
+    if any(o.startswith("method.transforms=") for o in overrides):
+        # a transform list replaces the method's own, whose transform_options would then be refused
+        overrides = [o for o in overrides if not o.startswith("method=")]
     jobs = plan([*overrides, "run.device=cpu", f"run.results_dir={results_dir}"])
     assert len(jobs) == 1
 

@@ -55,8 +55,8 @@ def test_kernel_rejects_non_power_of_two_block():
 
 
 def test_benchmark_writes_rows(tmp_path, monkeypatch):
-    from kernels import bench_adamw8bit, benchmark
     from harness.results import read_rows
+    from kernels import bench_adamw8bit, benchmark
 
     monkeypatch.setattr(benchmark, "PROJECT_ROOT", tmp_path)
     bench_adamw8bit.main(["--model", "llama_tiny", "--repeats", "2", "--dtype", "fp32"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.schema import parse
-from methods import apollo_torch, apollo_mini
+from methods import apollo_mini, apollo_torch
 from tests.methods.common import train_linear_pair
 
 
