@@ -24,11 +24,13 @@ from methods import (
     galore8bit,
     galore_torch,
     galore_torch8bit,
+    int8_weights,
     liger_fused_ce,
     lisa,
     loops,
     lora,
     mezo,
+    qgalore,
     qlora,
     sgd,
     torchao_adamw4bit,
@@ -60,6 +62,7 @@ OPTIMIZERS = {
     "apollo_mini": apollo_mini,
     "fira": fira,
     "frugal": frugal,
+    "qgalore": qgalore,
     "mezo": mezo,
     "zo_adam": zo_adam,
     "lisa": lisa,
@@ -76,6 +79,7 @@ TRANSFORMS = {
     "checkpointing": checkpointing,
     "lora": lora,
     "qlora": qlora,
+    "int8_weights": int8_weights,
     "fused_ce": fused_ce,
     "liger_fused_ce": liger_fused_ce,
     "cce_fused_ce": cce_fused_ce,
@@ -121,6 +125,12 @@ def check_method(method, device: str, model_spec) -> None:
     for name in method.transforms:
         transform_options(method, name)
     _choose(LOOPS, method.loop, "method.loop")
+    if "int8_weights" in method.transforms and not getattr(module, "UPDATES_INT8_WEIGHTS", False):
+        capable = ", ".join(n for n, m in OPTIMIZERS.items() if getattr(m, "UPDATES_INT8_WEIGHTS", False))
+        raise ConfigError(f"optimizer {method.optimizer['name']} cannot update INT8 weights; allowed with "
+                          f"int8_weights: {capable}")
+    if "int8_weights" in method.transforms and method.loop != "standard":
+        raise ConfigError("int8_weights updates weights inside backward already; it needs method.loop=standard")
     needs_loop = getattr(module, "LOOP", None)
     if (needs_loop or "standard") != method.loop and (needs_loop or method.loop == "zeroth_order"):
         raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "
@@ -146,6 +156,8 @@ def build_optimizer(method, model, device):
         optimizer = loops.LayerwiseOptimizer(lambda one: module.build(one, options, device), named)
     else:
         optimizer = module.build(named, options, device)
+    if "int8_weights" in method.transforms:
+        optimizer.attach_quantized(model)
     if getattr(module, "COMPILED_STEP", False):
         loops.hide_step_from_dispatch_modes(optimizer)
     return optimizer

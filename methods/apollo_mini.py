@@ -20,6 +20,7 @@ class Options(ApolloOptions):
 
 
 check = check_rank
+UPDATES_INT8_WEIGHTS = True  # its rule can run inside INT8 layers (methods/int8_weights.py)
 
 
 def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:

@@ -34,6 +34,7 @@ class GaLore8bitAdamW(GaLoreAdamW):
 
 
 check = check_rank
+UPDATES_INT8_WEIGHTS = True  # its rule can run inside INT8 layers (methods/int8_weights.py)
 
 
 def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:

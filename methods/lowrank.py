@@ -90,6 +90,34 @@ class ProjectedAdamW(torch.optim.Optimizer):
         self.store_moments(state, m, v)
         return direction
 
+    def due_for_refresh(self, state: dict) -> bool:
+        return (state["step"] - 1) % self.options.update_gap == 0
+
+    def update_of(self, grad: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+        """The update direction for one gradient (lr and weight decay not applied); advances `state`."""
+        state["step"] = state.get("step", 0) + 1
+        grad = grad.to(torch.promote_types(grad.dtype, torch.float32))  # bf16 → fp32, fp64 stays
+        if not group["project"]:
+            return self.adam_direction(grad, state, group)
+        if self.due_for_refresh(state):
+            self.refresh(grad, state)
+        low = self.down(grad, state)
+        return self.full_update(grad, low, self.adam_direction(low, state, group), state, group)
+
+    def attach_quantized(self, model: torch.nn.Module) -> None:
+        """Let INT8-weight layers (methods/int8_weights.py) call this optimizer's rule from their backward:
+        their gradient is projected, turned into an update and applied to the INT8 weights at once."""
+        from methods.int8_weights import Int8Linear
+
+        layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+        if not layers:
+            return
+        self.add_param_group({"params": [], "project": True, "int8": True})
+        group = self.param_groups[-1]
+        for layer in layers:
+            layer.updater = lambda grad, layer=layer: layer.apply_update(
+                self.update_of(grad, self.state[layer.codes], group), group["lr"], group["weight_decay"])
+
     @staticmethod
     def side_of(grad: torch.Tensor) -> str:
         return "left" if grad.shape[0] < grad.shape[1] else "right"
@@ -101,16 +129,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                state["step"] = state.get("step", 0) + 1
-                grad = p.grad.to(torch.promote_types(p.grad.dtype, torch.float32))  # bf16 → fp32, fp64 stays
-                if group["project"]:
-                    if (state["step"] - 1) % self.options.update_gap == 0:
-                        self.refresh(grad, state)
-                    low = self.down(grad, state)
-                    update = self.full_update(grad, low, self.adam_direction(low, state, group), state, group)
-                else:
-                    update = self.adam_direction(grad, state, group)
+                update = self.update_of(p.grad, self.state[p], group)
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update.to(p.dtype), alpha=-group["lr"])

@@ -43,6 +43,8 @@ CASES = [
     ("not an override", ["method"], "'method' is not an override"),
     ("repeats < 1", ["run.repeats=0"], "run.repeats=0 is invalid; it must be >= 1"),
     ("bad sweep name", ["sweep.name=a/b"], "sweep.name='a/b' is invalid"),
+    ("INT8 weights with an optimizer that cannot update them", ["method.transforms=[int8_weights]"],
+     "optimizer adamw cannot update INT8 weights; allowed with int8_weights: galore"),
     ("rank above a matrix dimension", ["method=galore", "method.optimizer.rank=65"],
      "method.optimizer.rank=65 exceeds the smallest side (64) of the projected matrices of model llama_tiny"),
 ]
