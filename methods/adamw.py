@@ -13,11 +13,17 @@ import torch
 
 
 @dataclass(frozen=True)
-class Options:
+class AdamHyperparameters:
+    """The options every Adam-family part shares (the 8-bit, low-rank and reference variants extend it)."""
+
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Options(AdamHyperparameters):
     fused: bool | Literal["auto"] = "auto"  # auto: fused kernel on CUDA, foreach elsewhere
 
 

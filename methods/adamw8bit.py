@@ -11,19 +11,16 @@ the parameter being updated.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from methods.adamw import AdamHyperparameters
 from methods.quant import BLOCK, dequantize, dynamic_map, quantize
 
 
 @dataclass(frozen=True)
-class Options:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+class Options(AdamHyperparameters):
     block_size: int = BLOCK
     kernel: bool = True  # use the Triton kernel on CUDA
 

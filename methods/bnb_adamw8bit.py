@@ -6,17 +6,16 @@ bitsandbytes >= 0.45, on CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from methods.adamw import AdamHyperparameters
+
 
 @dataclass(frozen=True)
-class Options:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+class Options(AdamHyperparameters):
+    pass
 
 
 def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:

@@ -6,19 +6,17 @@ Gradients and Adam moments therefore exist for γ layers at a time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from methods.adamw import AdamHyperparameters
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
-class Options:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+class Options(AdamHyperparameters):
     active_layers: int = 2  # γ
     interval: int = 20  # K
     seed: int = 0

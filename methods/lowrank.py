@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.schema import ConfigError
+from methods.adamw import AdamHyperparameters
 
 
 @dataclass(frozen=True)
-class LowRankOptions:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+class LowRankOptions(AdamHyperparameters):
     rank: int = 128
     update_gap: int = 200  # steps between projection refreshes
     scale: float = 0.25  # α applied to the projected-back update

@@ -3,25 +3,24 @@ run as a method to compare with our adamw8bit. Needs torchao; otherwise the row 
 The state bytes are counted through the subclass's inner tensors (codes + scales), not numel × element_size."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from methods.adamw import AdamHyperparameters
 
 COMPILED_STEP = True  # torchao compiles its step (fullgraph): the live-tensor probe must not wrap it
 
 
 @dataclass(frozen=True)
-class Options:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+class Options(AdamHyperparameters):
     block_size: int = 256
 
 
-def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:
+def build(named_params, options, device: torch.device, class_name: str = "AdamW8bit") -> torch.optim.Optimizer:
     from methods import require
 
-    optim = require("torchao.optim", "method torchao_adamw8bit")
-    return optim.AdamW8bit([p for _, p in named_params], lr=options.lr, betas=tuple(options.betas), eps=options.eps,
-                           weight_decay=options.weight_decay, block_size=options.block_size)
+    optim = require("torchao.optim", f"method torchao_{class_name.lower()}")
+    return getattr(optim, class_name)([p for _, p in named_params], lr=options.lr, betas=tuple(options.betas),
+                                      eps=options.eps, weight_decay=options.weight_decay,
+                                      block_size=options.block_size)
