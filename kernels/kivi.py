@@ -180,7 +180,7 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
 
 
 def _quantized_part_torch(q, quantized, cache, sm_scale):
-    """Plain-torch path for CPU jobs: same math, dequantizing the whole quantized part."""
+    """Plain-torch path (CPU jobs, or sizes that are not powers of two): same math, dequantizing the quantized part."""
     keys, values = cache.dequantized()
     t = quantized["value_codes"].shape[2]
     scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, keys[:, :, :t])
@@ -196,7 +196,8 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
     parts = []
     quantized = cache.quantized()
     if quantized is not None:
-        if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d)))
+        if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             t = quantized["value_codes"].shape[2]
             out = torch.empty(b, h, d, dtype=torch.float32, device=q.device)
             lse = torch.empty(b, h, dtype=torch.float32, device=q.device)

@@ -76,3 +76,14 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     assert set(rows) == {"bf16_sdpa", "kivi_2bit", "kivi_4bit"}
     assert rows["kivi_2bit"]["bytes_over_bf16"] < rows["kivi_4bit"]["bytes_over_bf16"] < 0.5
     assert rows["kivi_4bit"]["mean_abs_error"] < rows["kivi_2bit"]["mean_abs_error"]
+
+
+def test_non_power_of_two_head_dim_takes_the_plain_path():
+    gen = torch.Generator().manual_seed(9)
+    cache = KIVICache(bits=4, group=16, value_group=16)
+    k, v = torch.randn(1, 2, 40, 48, generator=gen), torch.randn(1, 2, 40, 48, generator=gen)
+    cache.append(k, v)
+    q = torch.randn(1, 2, 48, generator=gen)
+    keys, values = cache.dequantized()
+    expected = torch.einsum("bht,bhtd->bhd", torch.einsum("bhd,bhtd->bht", q / 48**0.5, keys).softmax(-1), values)
+    torch.testing.assert_close(kivi_decode_attention(q, cache), expected, rtol=1e-4, atol=1e-5)
