@@ -25,7 +25,9 @@ def _usage() -> str:
 
 
 def _fmt_bytes(value) -> str:
-    return "-" if value is None else f"{value / 2**20:,.1f} MiB"
+    if value is None:
+        return "-"
+    return f"{value / 2**20:,.1f} MiB" if value >= 2**20 or value == 0 else f"{value / 2**10:,.1f} KiB"
 
 
 def _fmt(value, spec: str) -> str:
