@@ -54,10 +54,11 @@ def summary_table(rows: list[dict]) -> str:
 def run_sweep(jobs, progress: bool = True) -> list[dict]:
     provenance = git_state()
     rows, skipped_existing = [], 0
+    # each sweep's existing rows, read once (a torn line is reported once, not once per job)
+    done = {r["run_id"]: r for d in {job.sweep_dir for job in jobs} for r in read_rows(d / "rows.jsonl")}
     bar = tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
     for job in bar:
         rows_path = job.sweep_dir / "rows.jsonl"
-        done = {r["run_id"]: r for r in read_rows(rows_path)}
         if job.run_id in done and not job.spec.run.force:
             skipped_existing += 1
             rows.append(done[job.run_id])

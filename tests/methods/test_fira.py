@@ -4,6 +4,7 @@ import torch
 from harness.schema import parse
 from methods import fira
 from tests.methods import lowrank_reference as ref
+from tests.methods.common import run_optimizer
 from tests.methods.test_galore import svd_proj
 
 
@@ -15,9 +16,7 @@ def test_fira_matches_the_rule():
         options = parse(fira.Options, {"lr": 0.01, "rank": 2, "update_gap": 4, "scale": 0.5}, "m")
         w = torch.nn.Parameter(w0.clone())
         opt = fira.build([("mlp.w", w)], options, torch.device("cpu"))
-        for g in grads:
-            w.grad = g.clone()
-            opt.step()
+        run_optimizer(opt, [w], [[g] for g in grads])
 
         def update(g, r, n, proj, left, memo):
             dim = 0 if left else 1

@@ -6,6 +6,7 @@ from harness.schema import parse
 from methods import galore, galore8bit
 from methods.quant import dynamic_map
 from tests.methods import lowrank_reference as ref
+from tests.methods.common import run_optimizer
 from tests.methods.test_adamw8bit import plain_roundtrip
 from tests.methods.test_galore import svd_proj
 
@@ -17,9 +18,7 @@ def test_galore8bit_matches_the_rule_with_quantized_moments():
     options = parse(galore8bit.Options, {"lr": 0.01, "rank": 4, "update_gap": 4, "block_size": 16}, "m")
     w = torch.nn.Parameter(w0.clone())
     opt = galore8bit.build([("mlp.w", w)], options, torch.device("cpu"))
-    for g in grads:
-        w.grad = g.clone()
-        opt.step()
+    run_optimizer(opt, [w], [[g] for g in grads])
     # the rule: GaLore, with m and v rounded through the 8-bit code books after every step
     proj, m, v, expected = None, None, None, w0.clone()
     for t, g in enumerate(grads, start=1):
