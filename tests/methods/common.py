@@ -1,5 +1,9 @@
 """Shared fixtures for method tests: a few parameters, a fixed gradient sequence, a runner."""
+import pytest
 import torch
+
+# Reference comparisons run on the CPU in CI and again on a GPU host (`make test-gpu`).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def make_params(seed: int = 0, dtype=torch.float64) -> list[torch.nn.Parameter]:

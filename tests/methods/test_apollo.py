@@ -7,6 +7,7 @@ import torch
 from harness.schema import parse
 from methods import apollo, apollo_mini
 from tests.methods import lowrank_reference as ref
+from tests.methods.common import DEVICES
 
 
 def _run_ours(module, options, w0, grads):
@@ -66,7 +67,8 @@ def test_random_projection_statistics_and_refresh():
 
 @pytest.mark.parametrize("scaling,scale,rank", [("channel", 1.0, 4), ("tensor", 128.0, 1)])
 @pytest.mark.parametrize("shape", [(16, 24), (24, 16)])
-def test_apollo_matches_apollo_torch_with_the_same_projection(scaling, scale, rank, shape, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_apollo_matches_apollo_torch_with_the_same_projection(scaling, scale, rank, shape, device, monkeypatch):
     """apollo-torch draws its random projection with its own generator; to compare the rule itself, both sides use
     the SVD projection apollo-torch offers (proj="svd") — everything after the projection is then identical."""
     apollo_torch = pytest.importorskip("apollo_torch")
@@ -78,12 +80,12 @@ def test_apollo_matches_apollo_torch_with_the_same_projection(scaling, scale, ra
 
     monkeypatch.setattr(apollo.ApolloAdamW, "refresh", svd_refresh)
     gen = torch.Generator().manual_seed(8)
-    w0 = torch.randn(shape, generator=gen)
-    grads = [torch.randn(shape, generator=gen) * (1 + 0.2 * t) for t in range(25)]
+    w0 = torch.randn(shape, generator=gen).to(device)
+    grads = [(torch.randn(shape, generator=gen) * (1 + 0.2 * t)).to(device) for t in range(25)]
     ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
     options = parse(apollo.Options, {"lr": 0.01, "rank": rank, "update_gap": 10, "scale": scale**0.5,
                                      "scaling": scaling}, "m")
-    opt_ours = apollo.build([("mlp.w", ours)], options, torch.device("cpu"))
+    opt_ours = apollo.build([("mlp.w", ours)], options, torch.device(device))
     opt_theirs = apollo_torch.APOLLOAdamW([{"params": [theirs], "rank": rank, "update_proj_gap": 10, "scale": scale,
                                             "proj": "svd", "proj_type": "std", "scale_type": scaling}], lr=0.01)
     for g in grads:

@@ -6,7 +6,7 @@ import torch
 from harness.schema import parse
 from methods import galore
 from tests.methods import lowrank_reference as ref
-from tests.methods.common import run_optimizer
+from tests.methods.common import DEVICES, run_optimizer
 
 
 def svd_proj(rank):
@@ -40,15 +40,16 @@ def test_only_attention_and_mlp_matrices_are_projected():
     assert len(projected) == 1 and projected[0]["params"][0] is named[0][1]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(16, 24), (24, 16), (20, 20)])
-def test_galore_matches_galore_torch(shape):
+def test_galore_matches_galore_torch(shape, device):
     galore_torch = pytest.importorskip("galore_torch")
     gen = torch.Generator().manual_seed(7)
-    w0 = torch.randn(shape, generator=gen)
-    grads = [torch.randn(shape, generator=gen) for _ in range(25)]
+    w0 = torch.randn(shape, generator=gen).to(device)
+    grads = [torch.randn(shape, generator=gen).to(device) for _ in range(25)]
     ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
     options = parse(galore.Options, {"lr": 0.01, "rank": 4, "update_gap": 10, "scale": 0.25}, "m")
-    opt_ours = galore.build([("mlp.w", ours)], options, torch.device("cpu"))
+    opt_ours = galore.build([("mlp.w", ours)], options, torch.device(device))
     opt_theirs = galore_torch.GaLoreAdamW([{"params": [theirs], "rank": 4, "update_proj_gap": 10, "scale": 0.25,
                                             "proj_type": "std"}], lr=0.01, no_deprecation_warning=True)
     for g in grads:

@@ -5,14 +5,15 @@ import torch
 from harness.models import build_model
 from harness.schema import LlamaSpec, parse
 from methods import lora
+from tests.methods.common import DEVICES
 
 SPEC = LlamaSpec(name="t", family="llama", hidden_size=32, intermediate_size=86, num_attention_heads=4,
                  num_hidden_layers=2, vocab_size=97, max_position_embeddings=64)
 
 
-def _model():
+def _model(device="cpu"):
     torch.manual_seed(0)
-    return build_model(SPEC, torch.float64, torch.device("cpu"))
+    return build_model(SPEC, torch.float64, torch.device(device))
 
 
 def test_lora_layer_matches_the_rule_and_only_adapters_train():
@@ -43,10 +44,11 @@ def test_rank_larger_than_a_layer_is_refused():
         lora.apply(_model(), parse(lora.Options, {"rank": 33}, "m"), torch.device("cpu"))
 
 
-def test_matches_peft():
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_peft(device):
     peft = pytest.importorskip("peft")
-    ours = lora.apply(_model(), parse(lora.Options, {"rank": 4, "alpha": 8.0}, "m"), torch.device("cpu"))
-    theirs = peft.get_peft_model(_model(), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+    ours = lora.apply(_model(device), parse(lora.Options, {"rank": 4, "alpha": 8.0}, "m"), torch.device(device))
+    theirs = peft.get_peft_model(_model(device), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                            target_modules=lora.DEFAULT_TARGETS))
     ours_layers = {n.removesuffix(".lora_a"): m for n, m in ours.named_parameters() if n.endswith("lora_a")}
     with torch.no_grad():
@@ -58,7 +60,7 @@ def test_matches_peft():
                 mine.lora_b.normal_()
                 module.lora_B["default"].weight.copy_(mine.lora_b)
     assert ours_layers
-    batch = torch.randint(0, 97, (2, 9))
+    batch = torch.randint(0, 97, (2, 9), device=device)
     loss_ours = ours(input_ids=batch, labels=batch).loss
     loss_theirs = theirs(input_ids=batch, labels=batch).loss
     torch.testing.assert_close(loss_ours, loss_theirs)
