@@ -14,7 +14,12 @@ _PACKAGES = ("torch", "transformers", "triton", "datasets", "hydra-core", "bitsa
 
 
 def git_state() -> dict:
-    """git sha and dirty flag of the project; on a host without .git, MEMBENCH_GIT_SHA / MEMBENCH_GIT_DIRTY say it."""
+    """git sha and dirty flag of the project. MEMBENCH_GIT_SHA / MEMBENCH_GIT_DIRTY, when set, win: a copied tree on
+    a GPU host may carry a stale .git (one such copy reported its older HEAD as dirty)."""
+    if "MEMBENCH_GIT_SHA" in os.environ:
+        dirty = os.environ.get("MEMBENCH_GIT_DIRTY")
+        return {"git_sha": os.environ["MEMBENCH_GIT_SHA"],
+                "git_dirty": None if dirty is None else dirty.lower() in ("1", "true", "yes")}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
@@ -22,9 +27,7 @@ def git_state() -> dict:
                                 capture_output=True, text=True, check=True, timeout=10).stdout
         return {"git_sha": sha, "git_dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
-        dirty = os.environ.get("MEMBENCH_GIT_DIRTY")
-        return {"git_sha": os.environ.get("MEMBENCH_GIT_SHA", "unknown"),
-                "git_dirty": None if dirty is None else dirty.lower() in ("1", "true", "yes")}
+        return {"git_sha": "unknown", "git_dirty": None}
 
 
 def host_state() -> dict:

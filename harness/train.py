@@ -112,6 +112,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     inject_fault("after_load", model)
     record["data_s"] = time.perf_counter() - clock - record["load_s"]
     clock = time.perf_counter()
+    if cuda:  # the load peak is kept in peak_allocated_load; from here on the peaks are the training steps'
+        torch.cuda.reset_peak_memory_stats(device)
 
     live = LiveTensorProbe() if spec.run.live_tensor_probe else None
     probe = PhaseProbe(device, model, live)
@@ -150,6 +152,9 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     _sync(device)
     record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
     if cuda:
+        step_phases = ("warmup", "forward", "backward", "optimizer")
+        record["peak_allocated_steps"] = max(torch.cuda.max_memory_allocated(device),
+                                             *(record.get(f"peak_allocated_{k}", 0) for k in step_phases))
         record["peak_allocated"] = max(torch.cuda.max_memory_allocated(device),
                                        *(v for k, v in record.items() if k.startswith("peak_allocated_")))
         record["peak_reserved"] = max(torch.cuda.max_memory_reserved(device),

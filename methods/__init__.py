@@ -129,8 +129,9 @@ def check_method(method, device: str, model_spec) -> None:
         capable = ", ".join(n for n, m in OPTIMIZERS.items() if getattr(m, "UPDATES_INT8_WEIGHTS", False))
         raise ConfigError(f"optimizer {method.optimizer['name']} cannot update INT8 weights; allowed with "
                           f"int8_weights: {capable}")
-    if "int8_weights" in method.transforms and method.loop != "standard":
-        raise ConfigError("int8_weights updates weights inside backward already; it needs method.loop=standard")
+    if "int8_weights" in method.transforms and method.loop not in ("standard", "layerwise"):
+        raise ConfigError(f"int8_weights updates weights inside backward; method.loop={method.loop} has none "
+                          "(allowed: standard, layerwise)")
     needs_loop = getattr(module, "LOOP", None)
     if (needs_loop or "standard") != method.loop and (needs_loop or method.loop == "zeroth_order"):
         raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "

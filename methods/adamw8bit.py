@@ -25,6 +25,53 @@ class Options(AdamHyperparameters):
     kernel: bool = True  # use the Triton kernel on CUDA
 
 
+def init_state(p: torch.Tensor, block_size: int) -> dict:
+    n_blocks = -(-p.numel() // block_size)
+    zero_signed = int(torch.argmin(dynamic_map(True).abs()))
+    return {"step": 0.0,  # a Python number: one tensor increment per parameter per step would cost more than the step
+            "m_codes": torch.full(p.shape, zero_signed, dtype=torch.uint8, device=p.device),
+            "m_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device),
+            "v_codes": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
+            "v_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device)}
+
+
+def step_params(params: list[torch.Tensor], states: list[dict], group: dict, block_size: int,
+                kernel: bool = True) -> None:
+    """One 8-bit AdamW update of each parameter from its .grad (also used by 8-bit GaLore for its full-rank
+    parameters). On CUDA, one kernel launch per dtype for all of them."""
+    beta1, beta2 = group["betas"]
+    for p, state in zip(params, states, strict=True):
+        if not state:
+            state.update(init_state(p, block_size))
+        state["step"] += 1
+    hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+    on_gpu = [i for i, p in enumerate(params) if kernel and p.is_cuda]
+    if on_gpu:
+        from kernels.adamw8bit import adamw8bit_multi_step
+
+        for dtype in {params[i].dtype for i in on_gpu}:
+            chosen = [i for i in on_gpu if params[i].dtype == dtype]
+            adamw8bit_multi_step([params[i] for i in chosen], [params[i].grad for i in chosen],
+                                 [states[i] for i in chosen], *hyper, [states[i]["step"] for i in chosen],
+                                 block=block_size)
+    for i in sorted(set(range(len(params))) - set(on_gpu)):
+        _step_torch(params[i], params[i].grad, states[i], *hyper, states[i]["step"], block_size=block_size)
+
+
+def _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size):
+    signed, unsigned = dynamic_map(True, p.device), dynamic_map(False, p.device)
+    g = grad.float()
+    m = dequantize(state["m_codes"], state["m_absmax"], signed, block_size)
+    v = dequantize(state["v_codes"], state["v_absmax"], unsigned, block_size)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = v.sqrt().div_((1 - beta2**step) ** 0.5).add_(eps)  # same operation order as the kernel
+    theta = p.float().mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+    p.copy_(theta)
+    state["m_codes"], state["m_absmax"] = quantize(m, signed, block_size)
+    state["v_codes"], state["v_absmax"] = quantize(v, unsigned, block_size)
+
+
 class AdamW8bit(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, block_size=BLOCK,
                  kernel=True):
@@ -33,49 +80,13 @@ class AdamW8bit(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.block_size, self.kernel = block_size, kernel
 
-    def _init_state(self, p: torch.Tensor) -> dict:
-        n_blocks = -(-p.numel() // self.block_size)
-        zero_signed = int(torch.argmin(dynamic_map(True).abs()))
-        return {"step": torch.zeros((), dtype=torch.float32),
-                "m_codes": torch.full(p.shape, zero_signed, dtype=torch.uint8, device=p.device),
-                "m_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device),
-                "v_codes": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
-                "v_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device)}
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state.update(self._init_state(p))
-                state["step"] += 1
-                args = (p, p.grad, state, group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
-                        float(state["step"]))
-                if self.kernel and p.is_cuda:
-                    from kernels.adamw8bit import adamw8bit_step
-
-                    adamw8bit_step(*args, block=self.block_size)
-                else:
-                    self._step_torch(*args)
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            step_params(with_grad, [self.state[p] for p in with_grad], group, self.block_size, self.kernel)
         return loss
-
-    def _step_torch(self, p, grad, state, lr, beta1, beta2, eps, weight_decay, step):
-        signed, unsigned = dynamic_map(True, p.device), dynamic_map(False, p.device)
-        g = grad.float()
-        m = dequantize(state["m_codes"], state["m_absmax"], signed, self.block_size)
-        v = dequantize(state["v_codes"], state["v_absmax"], unsigned, self.block_size)
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = v.sqrt().div_((1 - beta2**step) ** 0.5).add_(eps)  # same operation order as the kernel
-        theta = p.float().mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
-        p.copy_(theta)
-        state["m_codes"], state["m_absmax"] = quantize(m, signed, self.block_size)
-        state["v_codes"], state["v_absmax"] = quantize(v, unsigned, self.block_size)
 
 
 def build(named_params, options: Options, device: torch.device) -> torch.optim.Optimizer:

@@ -64,6 +64,12 @@ class LayerwiseOptimizer:
 
         return hook
 
+    def attach_quantized(self, model: torch.nn.Module) -> None:
+        """INT8 layers hold no parameters to hook: their rule already runs inside their own backward. One inner
+        optimizer carries their group and state (ProjectedAdamW.attach_quantized)."""
+        next(iter(self.optimizers.values())).attach_quantized(model)
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
+
     @property
     def state(self) -> dict:
         return {p: s for opt in self.optimizers.values() for p, s in opt.state.items()}

@@ -1,6 +1,6 @@
 """The private base of the gradient-projection optimizers (GaLore, 8-bit GaLore, APOLLO, APOLLO-Mini, Fira,
 FRUGAL): AdamW whose moments live in an r-dimensional subspace for the attention / MLP matrices, plain AdamW for
-every other parameter. A variant says how to refresh the projection, how to go down to the subspace, and how to
+every other parameter (moments in the parameter's dtype, as torch.optim.AdamW and the reference packages keep them). A variant says how to refresh the projection, how to go down to the subspace, and how to
 turn the subspace's Adam direction into a full-size update.
 
 For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m < n;
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.optim.adamw import adamw as functional_adamw
 
 from harness.schema import ConfigError
 from methods.adamw import AdamHyperparameters
@@ -94,8 +95,6 @@ class ProjectedAdamW(torch.optim.Optimizer):
         """The update direction for one gradient (lr and weight decay not applied); advances `state`."""
         state["step"] = state.get("step", 0) + 1
         grad = grad.to(torch.promote_types(grad.dtype, torch.float32))  # bf16 → fp32, fp64 stays
-        if not group["project"]:
-            return self.adam_direction(grad, state, group)
         if self.due_for_refresh(state):
             self.refresh(grad, state)
         low = self.down(grad, state)
@@ -119,15 +118,36 @@ class ProjectedAdamW(torch.optim.Optimizer):
     def side_of(grad: torch.Tensor) -> str:
         return "left" if grad.shape[0] < grad.shape[1] else "right"
 
+    def full_rank_step(self, params: list[torch.Tensor], group: dict) -> None:
+        """Plain AdamW for the parameters outside the subspace (embeddings, head, norms), moments in the parameter's
+        dtype as torch.optim.AdamW and the reference packages keep them; fused on CUDA, so no full-size fp32
+        temporaries (at 7B the embedding alone is 131 M values)."""
+        fused = all(p.is_cuda and p.dtype in (torch.float16, torch.bfloat16, torch.float32) for p in params)
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device if fused else None),
+                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        functional_adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], foreach=False,
+                                fused=fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            if not group["project"]:
+                with_grad = [p for p in group["params"] if p.grad is not None]
+                if with_grad:
+                    self.full_rank_step(with_grad, group)
+                continue
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 update = self.update_of(p.grad, self.state[p], group)
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-group["lr"])
+                p.add_(update, alpha=-group["lr"])  # fp32 update added into the parameter, no cast copy
         return loss

@@ -3,16 +3,15 @@ Runs on CPU through TRITON_INTERPRET=1 (tests/conftest.py), on the GPU natively.
 import pytest
 import torch
 
-from kernels.adamw8bit import adamw8bit_step
-from methods.adamw8bit import AdamW8bit
+from kernels.adamw8bit import adamw8bit_multi_step, adamw8bit_step
+from methods.adamw8bit import _step_torch, init_state
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def reference_step(p, g, state, lr, b1, b2, eps, wd, step, block):
     """The rule, via the optimizer's plain-torch path (itself checked against the paper in tests/methods)."""
-    opt = AdamW8bit([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, block_size=block, kernel=False)
-    opt._step_torch(p, g, state, lr, b1, b2, eps, wd, step)
+    _step_torch(p, g, state, lr, b1, b2, eps, wd, step, block_size=block)
 
 
 def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,9 +26,8 @@ def test_kernel_matches_plain_torch(dtype, n, block):
     gen = torch.Generator().manual_seed(n)
     theta = torch.randn(n, generator=gen).to(dtype).to(DEVICE)
     grads = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for _ in range(3)]
-    opt = AdamW8bit([torch.nn.Parameter(theta.clone())], block_size=block)
-    state_kernel = opt._init_state(theta)
-    state_ref = {k: v.clone() for k, v in state_kernel.items()}
+    state_kernel = init_state(theta, block)
+    state_ref = {k: v.clone() if torch.is_tensor(v) else v for k, v in state_kernel.items()}
     p_kernel, p_ref = theta.clone(), theta.clone()
     for step, g in enumerate(grads, start=1):
         args = (1e-2, 0.9, 0.999, 1e-8, 0.01, float(step))
@@ -47,9 +45,31 @@ def test_kernel_matches_plain_torch(dtype, n, block):
             assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01, key
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_launch_for_many_tensors_equals_one_per_tensor(dtype):
+    """Multi-tensor apply: odd sizes (one shorter than a block, one spanning blocks unevenly), different steps."""
+    gen = torch.Generator().manual_seed(5)
+    sizes, steps = [3, 300, 64, 1025], [1.0, 2.0, 7.0, 1.0]
+    params = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in sizes]
+    grads = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in sizes]
+    states = [init_state(p, 64) for p in params]
+    for st in states:  # non-trivial moments to start from
+        st["m_codes"].random_(0, 256, generator=None)
+        st["m_absmax"].fill_(0.1)
+    singles = [p.clone() for p in params]
+    single_states = [{k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for st in states]
+    adamw8bit_multi_step(params, grads, states, 1e-2, 0.9, 0.999, 1e-8, 0.01, steps, block=64)
+    for p, g, st, step in zip(singles, grads, single_states, steps, strict=True):
+        adamw8bit_step(p, g, st, 1e-2, 0.9, 0.999, 1e-8, 0.01, step, block=64)
+    for a, b, sa, sb in zip(params, singles, states, single_states, strict=True):
+        assert torch.equal(a, b)
+        for key in ("m_codes", "m_absmax", "v_codes", "v_absmax"):
+            assert torch.equal(sa[key], sb[key]), key
+
+
 def test_kernel_rejects_non_power_of_two_block():
     p = torch.zeros(10, device=DEVICE)
-    state = AdamW8bit([torch.nn.Parameter(p)], block_size=24)._init_state(p)
+    state = init_state(p, 24)
     with pytest.raises(ValueError, match="power-of-two"):
         adamw8bit_step(p, p.clone(), state, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, block=24)
 

@@ -58,3 +58,20 @@ def test_galore_matches_galore_torch(shape, device):
         opt_theirs.step()
     # the only difference in rule: galore-torch adds eps to sqrt(v) before bias correction
     torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_parameters_outside_the_subspace_follow_torch_adamw(dtype):
+    """Embeddings, head and norms get torch's AdamW rule with moments in the parameter's dtype (as the reference
+    packages keep them), not fp32 copies."""
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(9, 4, generator=gen).to(dtype)
+    grads = [torch.randn(9, 4, generator=gen).to(dtype) for _ in range(10)]
+    ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    opt = galore.build([("model.embed_tokens.weight", ours)],
+                       parse(galore.Options, {"lr": 0.01, "weight_decay": 0.1}, "m"), torch.device("cpu"))
+    reference = torch.optim.AdamW([theirs], lr=0.01, weight_decay=0.1, foreach=False)
+    run_optimizer(opt, [ours], [[g] for g in grads])
+    run_optimizer(reference, [theirs], [[g] for g in grads])
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=0, atol=0)
+    assert opt.state[ours]["exp_avg"].dtype == dtype

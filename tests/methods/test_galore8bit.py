@@ -3,7 +3,7 @@ import torch
 
 from harness.probes import optimizer_state_tensors, storage_bytes
 from harness.schema import parse
-from methods import galore, galore8bit
+from methods import adamw8bit, galore, galore8bit
 from methods.quant import dynamic_map
 from tests.methods import lowrank_reference as ref
 from tests.methods.common import run_optimizer
@@ -46,3 +46,17 @@ def test_state_is_a_quarter_of_galore_fp32():
     moments32 = storage_bytes([o32.state[w32]["exp_avg"], o32.state[w32]["exp_avg_sq"]])
     assert moments8 == 2 * 32 * 256 + 2 * 4 * (32 * 256 // 256) and moments32 == 2 * 4 * 32 * 256
     assert storage_bytes(optimizer_state_tensors(o8)) < storage_bytes(optimizer_state_tensors(o32)) / 2
+
+
+def test_parameters_outside_the_subspace_get_8bit_adamw():
+    gen = torch.Generator().manual_seed(4)
+    w0 = torch.randn(300, generator=gen)
+    grads = [torch.randn(300, generator=gen) for _ in range(5)]
+    ours, plain = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    opt = galore8bit.build([("model.norm.weight", ours)], parse(galore8bit.Options, {"lr": 0.01}, "m"),
+                           torch.device("cpu"))
+    reference = adamw8bit.build([("w", plain)], parse(adamw8bit.Options, {"lr": 0.01}, "m"), torch.device("cpu"))
+    run_optimizer(opt, [ours], [[g] for g in grads])
+    run_optimizer(reference, [plain], [[g] for g in grads])
+    torch.testing.assert_close(ours.detach(), plain.detach(), rtol=0, atol=0)
+    assert opt.state[ours]["m_codes"].dtype == torch.uint8
