@@ -1,9 +1,9 @@
 """Fused 8-bit AdamW step: dequantize m, v → AdamW update of θ → requantize m, v, in one pass.
 
-One program per quantization block (BLOCK values) of any parameter — all parameters of a step go in one launch
-through a table of their addresses, as torch's fused AdamW does (per-parameter launches cost ~30 µs each in
-Python, 6.6 ms a step at LLaMA-1b on an H100). A program reads θ, g, the uint8 codes of m and v and their two block
-absmax values, and writes θ, the new codes and absmax. m and v never exist in fp32 outside registers, so the step
+One program per quantization block (BLOCK values): it reads θ, g, the uint8 codes of m and v and their two block
+absmax values, and writes θ, the new codes and absmax. One launch per parameter: a multi-tensor variant (one
+launch per step through a table of addresses) measured slower on an H100 (18.3 ms against 16.0 ms at LLaMA-1b),
+most likely because addresses loaded from memory lose the alignment that vectorized loads need. m and v never exist in fp32 outside registers, so the step
 moves 2·|θ| + |g| + 2 + 8/BLOCK bytes per parameter — the same order as torch's fused AdamW with fp32 state
 (2·|θ| + |g| + 16). Requantization finds the nearest code-book entry with a branchless binary search over the 255
 midpoints (8 gathers from a 1 KiB table that stays in L1). Rule and code books: methods/adamw8bit.py, methods/quant.py.
@@ -41,35 +41,22 @@ def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
 
 
 @triton.jit
-def _adamw8bit_kernel(table_ptr, owner_ptr, first_block_ptr, numel_ptr, scalars_ptr, n_tensors,
+def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_absmax_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr,
-                      beta1, beta2, eps, decay, P_TYPE: tl.constexpr, BLOCK: tl.constexpr, TO_BF16: tl.constexpr):
-    """One program per quantization block of any of the tensors: `owner` maps the block to its tensor, whose six
-    addresses (θ, g, m codes, m absmax, v codes, v absmax) are rows of `table` (multi-tensor apply: one launch per
-    step, not one per parameter)."""
+                      n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
+                      BLOCK: tl.constexpr,
+                      TO_BF16: tl.constexpr):
     pid = tl.program_id(0)
-    t = tl.load(owner_ptr + pid)
-    block = pid - tl.load(first_block_ptr + t)
-    n = tl.load(numel_ptr + t)
-    p_ptr = tl.load(table_ptr + t).to(tl.pointer_type(P_TYPE))
-    g_ptr = tl.load(table_ptr + n_tensors + t).to(tl.pointer_type(P_TYPE))
-    m_codes_ptr = tl.load(table_ptr + 2 * n_tensors + t).to(tl.pointer_type(tl.uint8))
-    m_absmax_ptr = tl.load(table_ptr + 3 * n_tensors + t).to(tl.pointer_type(tl.float32))
-    v_codes_ptr = tl.load(table_ptr + 4 * n_tensors + t).to(tl.pointer_type(tl.uint8))
-    v_absmax_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(tl.pointer_type(tl.float32))
-    step_size = tl.load(scalars_ptr + 2 * t)
-    bias2_sqrt = tl.load(scalars_ptr + 2 * t + 1)
-
-    offs = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     theta = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
     v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
-    m = tl.load(signed_ptr + m_code) * tl.load(m_absmax_ptr + block)
-    v = tl.load(unsigned_ptr + v_code) * tl.load(v_absmax_ptr + block)
-    m = beta1 * m + (1.0 - beta1) * g
-    v = beta2 * v + (1.0 - beta2) * g * g
+    m = tl.load(signed_ptr + m_code) * tl.load(m_absmax_ptr + pid)
+    v = tl.load(unsigned_ptr + v_code) * tl.load(v_absmax_ptr + pid)
+    m = beta1 * m + one_minus_beta1 * g
+    v = beta2 * v + one_minus_beta2 * g * g
     theta = theta * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
     _store_rounded(p_ptr + offs, theta, mask, TO_BF16)
     m = tl.where(mask, m, 0.0)
@@ -80,13 +67,11 @@ def _adamw8bit_kernel(table_ptr, owner_ptr, first_block_ptr, numel_ptr, scalars_
     v_codes = _nearest_code(v / tl.maximum(v_absmax, 1e-38), unsigned_mid_ptr)
     tl.store(m_codes_ptr + offs, m_codes.to(tl.uint8), mask=mask)
     tl.store(v_codes_ptr + offs, v_codes.to(tl.uint8), mask=mask)
-    tl.store(m_absmax_ptr + block, m_absmax)
-    tl.store(v_absmax_ptr + block, v_absmax)
+    tl.store(m_absmax_ptr + pid, m_absmax)
+    tl.store(v_absmax_ptr + pid, v_absmax)
 
 
 _TABLES: dict = {}
-_LAYOUTS: dict = {}
-_POINTER_TYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _tables(device: torch.device):
@@ -96,44 +81,17 @@ def _tables(device: torch.device):
     return _TABLES[device]
 
 
-def _layout(numels: tuple[int, ...], block: int, device: torch.device):
-    """Block → tensor map, first block of each tensor and sizes; the same parameter list gives the same layout."""
-    key = (numels, block, device)
-    if key not in _LAYOUTS:
-        blocks = torch.tensor([-(-n // block) for n in numels])
-        owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), blocks)
-        first = torch.cumsum(blocks, 0) - blocks
-        _LAYOUTS[key] = (owner.to(device), first.to(torch.int32).to(device),
-                         torch.tensor(numels, dtype=torch.int64, device=device))
-    return _LAYOUTS[key]
-
-
-def adamw8bit_multi_step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
-                         beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
-                         block: int = 256) -> None:
-    """In-place 8-bit AdamW step of several parameters of one dtype and device in a single launch; each state holds
-    m_codes, m_absmax, v_codes, v_absmax; steps[i] is parameter i's step count (already incremented)."""
-    if block & (block - 1):
-        raise ValueError(f"the kernel needs a power-of-two block, got {block}")
-    device, dtype = params[0].device, params[0].dtype
-    for p, g in zip(params, grads, strict=True):
-        if p.device != device or p.dtype != dtype or g.dtype != dtype:
-            raise ValueError("adamw8bit_multi_step needs parameters and gradients of one dtype and device")
-        if not (p.is_contiguous() and g.is_contiguous()):
-            raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
-    keys = ("m_codes", "m_absmax", "v_codes", "v_absmax")
-    addresses = [t.data_ptr() for t in params] + [t.data_ptr() for t in grads]
-    addresses += [s[k].data_ptr() for k in keys for s in states]
-    table = torch.tensor(addresses, dtype=torch.int64).to(device, non_blocking=True)
-    scalars = torch.tensor([x for step in steps for x in (lr / (1.0 - beta1**step), (1.0 - beta2**step) ** 0.5)],
-                           dtype=torch.float32).to(device, non_blocking=True)
-    owner, first, numel = _layout(tuple(p.numel() for p in params), block, device)
-    _adamw8bit_kernel[(owner.numel(),)](
-        table, owner, first, numel, scalars, len(params), *_tables(device), beta1, beta2, eps, 1.0 - lr * weight_decay,
-        P_TYPE=_POINTER_TYPES[dtype], BLOCK=block, TO_BF16=dtype == torch.bfloat16)
-
-
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
                    eps: float, weight_decay: float, step: float, block: int = 256) -> None:
-    """In-place 8-bit AdamW step of one parameter (the multi-tensor kernel with one tensor)."""
-    adamw8bit_multi_step([p], [grad], [state], lr, beta1, beta2, eps, weight_decay, [step], block)
+    """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax."""
+    if not (p.is_contiguous() and grad.is_contiguous()):
+        raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
+    if block & (block - 1):
+        raise ValueError(f"the kernel needs a power-of-two block, got {block}")
+    n = p.numel()
+    _adamw8bit_kernel[(triton.cdiv(n, block),)](
+        p, grad, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"], *_tables(p.device),
+        # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
+        n, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
+        (1.0 - beta2**step) ** 0.5,
+        BLOCK=block, TO_BF16=p.dtype == torch.bfloat16)

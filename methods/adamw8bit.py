@@ -28,7 +28,7 @@ class Options(AdamHyperparameters):
 def init_state(p: torch.Tensor, block_size: int) -> dict:
     n_blocks = -(-p.numel() // block_size)
     zero_signed = int(torch.argmin(dynamic_map(True).abs()))
-    return {"step": 0.0,  # a Python number: one tensor increment per parameter per step would cost more than the step
+    return {"step": 0.0,  # a Python number: a CPU tensor increment per parameter per step costs launch-scale time
             "m_codes": torch.full(p.shape, zero_signed, dtype=torch.uint8, device=p.device),
             "m_absmax": torch.zeros(n_blocks, dtype=torch.float32, device=p.device),
             "v_codes": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
@@ -38,24 +38,18 @@ def init_state(p: torch.Tensor, block_size: int) -> dict:
 def step_params(params: list[torch.Tensor], states: list[dict], group: dict, block_size: int,
                 kernel: bool = True) -> None:
     """One 8-bit AdamW update of each parameter from its .grad (also used by 8-bit GaLore for its full-rank
-    parameters). On CUDA, one kernel launch per dtype for all of them."""
-    beta1, beta2 = group["betas"]
+    parameters); on CUDA through the fused kernel, one launch per parameter."""
+    hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
     for p, state in zip(params, states, strict=True):
         if not state:
             state.update(init_state(p, block_size))
         state["step"] += 1
-    hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
-    on_gpu = [i for i, p in enumerate(params) if kernel and p.is_cuda]
-    if on_gpu:
-        from kernels.adamw8bit import adamw8bit_multi_step
+        if kernel and p.is_cuda:
+            from kernels.adamw8bit import adamw8bit_step
 
-        for dtype in {params[i].dtype for i in on_gpu}:
-            chosen = [i for i in on_gpu if params[i].dtype == dtype]
-            adamw8bit_multi_step([params[i] for i in chosen], [params[i].grad for i in chosen],
-                                 [states[i] for i in chosen], *hyper, [states[i]["step"] for i in chosen],
-                                 block=block_size)
-    for i in sorted(set(range(len(params))) - set(on_gpu)):
-        _step_torch(params[i], params[i].grad, states[i], *hyper, states[i]["step"], block_size=block_size)
+            adamw8bit_step(p, p.grad, state, *hyper, state["step"], block=block_size)
+        else:
+            _step_torch(p, p.grad, state, *hyper, state["step"], block_size=block_size)
 
 
 def _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size):

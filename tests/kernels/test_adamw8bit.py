@@ -3,7 +3,7 @@ Runs on CPU through TRITON_INTERPRET=1 (tests/conftest.py), on the GPU natively.
 import pytest
 import torch
 
-from kernels.adamw8bit import adamw8bit_multi_step, adamw8bit_step
+from kernels.adamw8bit import adamw8bit_step
 from methods.adamw8bit import _step_torch, init_state
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,28 +43,6 @@ def test_kernel_matches_plain_torch(dtype, n, block):
             differ = (state_kernel[key].int() - state_ref[key].int()).abs()
             # a value within rounding of a midpoint may pick the neighbour code; never further
             assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01, key
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_launch_for_many_tensors_equals_one_per_tensor(dtype):
-    """Multi-tensor apply: odd sizes (one shorter than a block, one spanning blocks unevenly), different steps."""
-    gen = torch.Generator().manual_seed(5)
-    sizes, steps = [3, 300, 64, 1025], [1.0, 2.0, 7.0, 1.0]
-    params = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in sizes]
-    grads = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n in sizes]
-    states = [init_state(p, 64) for p in params]
-    for st in states:  # non-trivial moments to start from
-        st["m_codes"].random_(0, 256, generator=None)
-        st["m_absmax"].fill_(0.1)
-    singles = [p.clone() for p in params]
-    single_states = [{k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for st in states]
-    adamw8bit_multi_step(params, grads, states, 1e-2, 0.9, 0.999, 1e-8, 0.01, steps, block=64)
-    for p, g, st, step in zip(singles, grads, single_states, steps, strict=True):
-        adamw8bit_step(p, g, st, 1e-2, 0.9, 0.999, 1e-8, 0.01, step, block=64)
-    for a, b, sa, sb in zip(params, singles, states, single_states, strict=True):
-        assert torch.equal(a, b)
-        for key in ("m_codes", "m_absmax", "v_codes", "v_absmax"):
-            assert torch.equal(sa[key], sb[key]), key
 
 
 def test_kernel_rejects_non_power_of_two_block():
