@@ -77,7 +77,8 @@ def run_job(job: Job, provenance: dict) -> dict:
     if occupants and job.spec.run.busy_gpu == "refuse":
         return {**row, "status": "skipped",
                 "error": f"GPU busy: {len(occupants)} other process(es) {occupants[:5]} (run.busy_gpu=refuse)"}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+           "MEMBENCH_LAUNCHED_AT": repr(time.time())}  # the child's startup_s: interpreter, imports, CUDA state
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,

@@ -94,6 +94,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         record["allocated_baseline"] = torch.cuda.memory_allocated(device)
+        record["cuda_init_s"] = time.perf_counter() - clock  # context creation happens on this first call
     model = apply_transforms(spec.method, build_model(spec.model, dtype, device), device)
     model.train()
     record.update(n_params=sum(p.numel() for p in model.parameters()), weights=storage_bytes(model_tensors(model)))

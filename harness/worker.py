@@ -88,6 +88,8 @@ def execute(job_dir: Path) -> dict:
             _gpu_figures(spec, record)
         else:
             record["gpu"] = "cpu"
+        if "MEMBENCH_LAUNCHED_AT" in os.environ:
+            record["startup_s"] = time.time() - float(os.environ["MEMBENCH_LAUNCHED_AT"])
         run_training(spec, device, record, _fault_injector(spec.run.inject_fault))
     except MissingRequirement as e:
         record.update(status="skipped", error=one_line(e))

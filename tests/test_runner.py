@@ -25,6 +25,8 @@ def test_all_rows_ok_with_provenance(sweep):
         for key in ("weights", "grads", "optimizer_state", "activations", "cpu_live_peak"):
             assert isinstance(row[key], int), key
         assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and row["eval_loss"] > 0
+        stages = [row[k] for k in ("startup_s", "load_s", "data_s", "train_s", "eval_s")]
+        assert all(t > 0 for t in stages) and sum(stages) < row["wall_s"]  # where the wall time goes
     assert "status counts: ok=4" in proc.stdout
 
 
