@@ -134,11 +134,15 @@ class KIVICache:
 
 
 @triton.jit
-def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, out_ptr, lse_ptr, T, sm_scale,
+def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, out_ptr, lse_ptr, T, CHUNK, sm_scale,
                         kc_bh, ks_bh, vc_bh, vs_bh, D: tl.constexpr, G: tl.constexpr, GV: tl.constexpr, BITS: tl.constexpr,
                         BLOCK_T: tl.constexpr):
-    """One program per (batch, head): online-softmax attention of one query over T quantized tokens."""
+    """One program per (batch · head, chunk of CHUNK tokens): online-softmax attention of one query over its chunk of
+    the T quantized tokens; writes the chunk's output and log-sum-exp, merged afterwards (flash-decoding: at batch 1
+    there are only H heads, too few programs to fill the GPU without splitting the tokens)."""
     bh = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
     per_byte: tl.constexpr = 8 // BITS
     mask_bits: tl.constexpr = (1 << BITS) - 1
     d = tl.arange(0, D)
@@ -148,9 +152,11 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
     running_max = -float("inf")
     running_sum = 0.0
     acc = tl.zeros([D], dtype=tl.float32)
-    for start in range(0, T, BLOCK_T):
+    first = split * CHUNK
+    end = tl.minimum(first + CHUNK, T)
+    for start in range(first, end, BLOCK_T):
         t = start + tl.arange(0, BLOCK_T)
-        valid = t < T
+        valid = t < end
         # keys: codes packed along tokens; scale/zero per (token group, channel)
         k_byte = tl.load(kc_base + (t[:, None] // per_byte) * D + d[None, :], mask=valid[:, None], other=0)
         k_code = (k_byte >> ((t[:, None] % per_byte) * BITS).to(tl.uint8)) & mask_bits
@@ -175,8 +181,8 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
         v = v_code.to(tl.float32) * v_scale.to(tl.float32) + v_zero.to(tl.float32)
         acc = acc * correction + tl.sum(p[:, None] * v, axis=0)
         running_max = new_max
-    tl.store(out_ptr + bh * D + d, acc / running_sum)
-    tl.store(lse_ptr + bh, running_max + tl.log(running_sum))
+    tl.store(out_ptr + (bh * n_splits + split) * D + d, acc / running_sum)
+    tl.store(lse_ptr + bh * n_splits + split, running_max + tl.log(running_sum))
 
 
 def _quantized_part_torch(q, quantized, cache, sm_scale):
@@ -198,24 +204,45 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
     if quantized is not None:
         powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d)))
         if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            t = quantized["value_codes"].shape[2]
-            out = torch.empty(b, h, d, dtype=torch.float32, device=q.device)
-            lse = torch.empty(b, h, dtype=torch.float32, device=q.device)
+            t, block_t = quantized["value_codes"].shape[2], min(64, cache.group)
+            chunk = _chunk_tokens(t, b * h, block_t)
+            n_splits = _cdiv(t, chunk)
+            out = torch.empty(b, h, n_splits, d, dtype=torch.float32, device=q.device)
+            lse = torch.empty(b, h, n_splits, dtype=torch.float32, device=q.device)
             names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
-            _kivi_decode_kernel[(b * h,)](q.contiguous(), *(quantized[n] for n in names), out, lse, t, sm_scale,
-                                          quantized["key_codes"].stride(1), quantized["key_scale"].stride(1),
-                                          quantized["value_codes"].stride(1), quantized["value_scale"].stride(1),
-                                          D=d, G=cache.group,
-                                          GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=min(64, cache.group))
+            _kivi_decode_kernel[(b * h, n_splits)](
+                q.contiguous(), *(quantized[n] for n in names), out, lse, t, chunk, sm_scale,
+                quantized["key_codes"].stride(1), quantized["key_scale"].stride(1),
+                quantized["value_codes"].stride(1), quantized["value_scale"].stride(1),
+                D=d, G=cache.group, GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=block_t)
+            parts.append((out, lse))
         else:
             out, lse = _quantized_part_torch(q, quantized, cache, sm_scale)
-        parts.append((out, lse))
+            parts.append((out.unsqueeze(2), lse.unsqueeze(2)))
     if cache.residual_k is not None and cache.residual_k.shape[2]:
         scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, cache.residual_k.float())
-        parts.append((torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), cache.residual_v.float()),
-                      torch.logsumexp(scores, dim=-1)))
-    if len(parts) == 1:
-        return parts[0][0].to(q.dtype)
-    (o1, l1), (o2, l2) = parts
-    total = torch.logaddexp(l1, l2)
-    return (o1 * (l1 - total).exp().unsqueeze(-1) + o2 * (l2 - total).exp().unsqueeze(-1)).to(q.dtype)
+        parts.append((torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), cache.residual_v.float()).unsqueeze(2),
+                      torch.logsumexp(scores, dim=-1).unsqueeze(2)))
+    if len(parts) == 1 and parts[0][1].shape[2] == 1:
+        return parts[0][0][:, :, 0].to(q.dtype)
+    merged = _merge_splits(torch.cat([o for o, _ in parts], dim=2), torch.cat([lse for _, lse in parts], dim=2))
+    return merged.to(q.dtype)
+
+
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _chunk_tokens(tokens: int, programs: int, block_t: int, target_programs: int = 512) -> int:
+    """Tokens per program, a multiple of block_t: enough chunks that (batch · heads) × chunks gives a few programs
+    per SM (an H100 has 132)."""
+    splits = max(1, min(_cdiv(target_programs, programs), _cdiv(tokens, block_t)))
+    return _cdiv(_cdiv(tokens, splits), block_t) * block_t
+
+
+def _merge_splits(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Softmax-weighted merge of partial attentions over disjoint token sets: out (B, H, S, D), lse (B, H, S)."""
+    weights = (lse - torch.logsumexp(lse, dim=2, keepdim=True)).exp().unsqueeze(-1)
+    return (out * weights).sum(dim=2)
