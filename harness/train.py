@@ -156,8 +156,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         step_phases = ("warmup", "forward", "backward", "optimizer")
         record["peak_allocated_steps"] = max(torch.cuda.max_memory_allocated(device),
                                              *(record.get(f"peak_allocated_{k}", 0) for k in step_phases))
-        record["peak_allocated"] = max(torch.cuda.max_memory_allocated(device),
-                                       *(v for k, v in record.items() if k.startswith("peak_allocated_")))
+        record["peak_allocated"] = max(v for k, v in record.items() if k.startswith("peak_allocated_"))
         record["peak_reserved"] = max(torch.cuda.max_memory_reserved(device),
                                       *(v for k, v in record.items() if k.startswith("peak_reserved_")))
     tokens_per_step = train.batch_size * train.seq_len

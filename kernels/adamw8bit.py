@@ -1,12 +1,13 @@
 """Fused 8-bit AdamW step: dequantize m, v → AdamW update of θ → requantize m, v, in one pass.
 
 One program per quantization block (BLOCK values): it reads θ, g, the uint8 codes of m and v and their two block
-absmax values, and writes θ, the new codes and absmax. One launch per parameter: a multi-tensor variant (one
-launch per step through a table of addresses) measured slower on an H100 (18.3 ms against 16.0 ms at LLaMA-1b),
-most likely because addresses loaded from memory lose the alignment that vectorized loads need. m and v never exist in fp32 outside registers, so the step
+absmax values, and writes θ, the new codes and absmax. m and v never exist in fp32 outside registers, so the step
 moves 2·|θ| + |g| + 2 + 8/BLOCK bytes per parameter — the same order as torch's fused AdamW with fp32 state
 (2·|θ| + |g| + 16). Requantization finds the nearest code-book entry with a branchless binary search over the 255
 midpoints (8 gathers from a 1 KiB table that stays in L1). Rule and code books: methods/adamw8bit.py, methods/quant.py.
+One launch per parameter: a multi-tensor variant (one launch per step through a table of addresses) measured slower
+on an H100 (18.3 ms against 16.0 ms at LLaMA-1b), most likely because addresses loaded from memory lose the alignment
+that vectorized loads need.
 """
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
 def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_absmax_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr,
                       n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
-                      BLOCK: tl.constexpr,
-                      TO_BF16: tl.constexpr):
+                      BLOCK: tl.constexpr, TO_BF16: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n

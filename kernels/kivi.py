@@ -206,7 +206,7 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
         if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             t, block_t = quantized["value_codes"].shape[2], min(64, cache.group)
             chunk = _chunk_tokens(t, b * h, block_t)
-            n_splits = _cdiv(t, chunk)
+            n_splits = triton.cdiv(t, chunk)
             out = torch.empty(b, h, n_splits, d, dtype=torch.float32, device=q.device)
             lse = torch.empty(b, h, n_splits, dtype=torch.float32, device=q.device)
             names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
@@ -231,15 +231,11 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
 
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _chunk_tokens(tokens: int, programs: int, block_t: int, target_programs: int = 512) -> int:
     """Tokens per program, a multiple of block_t: enough chunks that (batch · heads) × chunks gives a few programs
     per SM (an H100 has 132)."""
-    splits = max(1, min(_cdiv(target_programs, programs), _cdiv(tokens, block_t)))
-    return _cdiv(_cdiv(tokens, splits), block_t) * block_t
+    splits = max(1, min(triton.cdiv(target_programs, programs), triton.cdiv(tokens, block_t)))
+    return triton.cdiv(triton.cdiv(tokens, splits), block_t) * block_t
 
 
 def _merge_splits(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:

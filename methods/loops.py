@@ -54,7 +54,6 @@ class LayerwiseOptimizer:
         for name, p in named_params:
             self.optimizers[p] = build_one([(name, p)])
             p.register_post_accumulate_grad_hook(self._make_hook(self.optimizers[p]))
-        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
 
     @staticmethod
     def _make_hook(optimizer):
@@ -68,7 +67,10 @@ class LayerwiseOptimizer:
         """INT8 layers hold no parameters to hook: their rule already runs inside their own backward. One inner
         optimizer carries their group and state (ProjectedAdamW.attach_quantized)."""
         next(iter(self.optimizers.values())).attach_quantized(model)
-        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
 
     @property
     def state(self) -> dict:

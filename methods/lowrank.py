@@ -1,7 +1,8 @@
 """The private base of the gradient-projection optimizers (GaLore, 8-bit GaLore, APOLLO, APOLLO-Mini, Fira,
 FRUGAL): AdamW whose moments live in an r-dimensional subspace for the attention / MLP matrices, plain AdamW for
-every other parameter (moments in the parameter's dtype, as torch.optim.AdamW and the reference packages keep them). A variant says how to refresh the projection, how to go down to the subspace, and how to
-turn the subspace's Adam direction into a full-size update.
+every other parameter (moments in the parameter's dtype, as torch.optim.AdamW and the reference packages keep
+them). A variant says how to refresh the projection, how to go down to the subspace, and how to turn the subspace's
+Adam direction into a full-size update.
 
 For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m < n;
 right, R = G Q (m × r) otherwise (square matrices on the right, as galore-torch and apollo-torch do). Moments M, V are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε).
@@ -130,9 +131,9 @@ class ProjectedAdamW(torch.optim.Optimizer):
         states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         functional_adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                                [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], foreach=False,
-                                fused=fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+                         [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], foreach=False,
+                         fused=fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                         weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -93,10 +93,10 @@ def test_non_power_of_two_head_dim_takes_the_plain_path():
 def test_token_chunks_cover_the_cache_without_empty_programs(tokens, programs, block):
     """Flash-decoding split: chunks are whole BLOCK_T tiles, every chunk holds at least one token, and at batch 1
     (32 heads, 4096 tokens) the grid has hundreds of programs, not 32."""
-    from kernels.kivi import _cdiv, _chunk_tokens
+    from kernels.kivi import _chunk_tokens
 
     chunk = _chunk_tokens(tokens, programs, block)
-    splits = _cdiv(tokens, chunk)
+    splits = -(-tokens // chunk)
     assert chunk % block == 0 and (splits - 1) * chunk < tokens <= splits * chunk
     if (tokens, programs) == (4096, 32):
         assert programs * splits >= 256

@@ -24,13 +24,17 @@ def run_optimizer(optimizer, params, grads_per_step) -> None:
         optimizer.step()
 
 
-def train_linear_pair(build_a, build_b, steps: int = 20, device: str = "cpu"):
-    """Two identical small linear models trained on the same data by two optimizers; returns (models, losses)."""
+def train_linear_pair(method_a, method_b, steps: int = 20, device: str = "cpu"):
+    """Two identical small linear models trained on the same data by two optimizers, each given as (method module,
+    its option settings); returns (models, optimizers, losses)."""
+    from harness.schema import parse
+
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 256)).to(device) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    opts = [build_a([(f"mlp.{n}", p) for n, p in models[0].named_parameters()]),
-            build_b([(f"mlp.{n}", p) for n, p in models[1].named_parameters()])]
+    opts = [module.build([(f"mlp.{n}", p) for n, p in model.named_parameters()], parse(module.Options, settings, "m"),
+                         torch.device(device))
+            for model, (module, settings) in zip(models, (method_a, method_b), strict=True)]
     x = torch.randn(64, 256, device=device)
     losses = [[], []]
     for _ in range(steps):

@@ -1,20 +1,15 @@
 """The apollo-torch wrapper trains on the same matrices; with the SVD projection it equals our APOLLO
 (the rule-level parity is tests/methods/test_apollo.py::test_apollo_matches_apollo_torch_with_the_same_projection)."""
 import pytest
-import torch
 
-from harness.schema import parse
 from methods import apollo_mini, apollo_torch
 from tests.methods.common import train_linear_pair
 
 
 def test_apollo_torch_mini_trains_like_ours():
     pytest.importorskip("apollo_torch")
-    cpu = torch.device("cpu")
     models, opts, losses = train_linear_pair(
-        lambda named: apollo_torch.build(named, parse(apollo_torch.Options, {"lr": 1e-3, "rank": 1, "scale": 128.0,
-                                                                             "scaling": "tensor"}, "m"), cpu),
-        lambda named: apollo_mini.build(named, parse(apollo_mini.Options, {"lr": 1e-3}, "m"), cpu))
+        (apollo_torch, {"lr": 1e-3, "rank": 1, "scale": 128.0, "scaling": "tensor"}), (apollo_mini, {"lr": 1e-3}))
     assert losses[0][-1] < losses[0][0] and losses[1][-1] < losses[1][0]
     # different random projections: the two runs agree on progress, not on weights
     assert abs(losses[0][-1] - losses[1][-1]) < 0.2 * losses[0][0]

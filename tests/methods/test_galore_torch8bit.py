@@ -1,8 +1,6 @@
 """The galore-torch 8-bit wrapper (CUDA only): trains on the GPU next to our galore8bit."""
 import pytest
-import torch
 
-from harness.schema import parse
 from methods import galore8bit, galore_torch8bit
 from tests.methods.common import train_linear_pair
 
@@ -14,8 +12,7 @@ def test_needs_cuda():
 @pytest.mark.gpu
 def test_galore_torch8bit_trains_next_to_ours():
     pytest.importorskip("galore_torch")
-    cuda, settings = torch.device("cuda"), {"lr": 1e-3, "rank": 8, "update_gap": 5}
+    settings = {"lr": 1e-3, "rank": 8, "update_gap": 5}
     models, opts, losses = train_linear_pair(
-        lambda named: galore_torch8bit.build(named, parse(galore_torch8bit.Options, settings, "m"), cuda),
-        lambda named: galore8bit.build(named, parse(galore8bit.Options, settings, "m"), cuda), device="cuda")
+        (galore_torch8bit, settings), (galore8bit, settings), device="cuda")
     assert losses[0][-1] < losses[0][0] and losses[1][-1] < losses[1][0]

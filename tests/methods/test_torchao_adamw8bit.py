@@ -4,17 +4,14 @@ import pytest
 import torch
 
 from harness.probes import storage_bytes
-from harness.schema import parse
 from methods import adamw8bit, torchao_adamw8bit
 from tests.methods.common import max_weight_gap, train_linear_pair
 
 
 def test_torchao_adamw8bit_tracks_ours_and_counts_inner_bytes():
     pytest.importorskip("torchao")
-    cpu = torch.device("cpu")
     models, opts, losses = train_linear_pair(
-        lambda named: torchao_adamw8bit.build(named, parse(torchao_adamw8bit.Options, {"lr": 1e-3}, "m"), cpu),
-        lambda named: adamw8bit.build(named, parse(adamw8bit.Options, {"lr": 1e-3}, "m"), cpu))
+        (torchao_adamw8bit, {"lr": 1e-3}), (adamw8bit, {"lr": 1e-3}))
     # two 8-bit quantizers of one rule; 20 steps of lr 1e-3 move a weight by at most 2e-2
     assert losses[0][-1] < losses[0][0] and max_weight_gap(models) < 5e-3
     matrices = [p for p in models[0].parameters() if p.numel() >= 4096]  # torchao keeps small tensors in fp32
