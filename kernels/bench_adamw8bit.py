@@ -1,5 +1,5 @@
 """Benchmark: one optimizer step over all parameters of a LLaMA model (default LLaMA-1b shapes), for torch's fused
-AdamW (fp32 state), our 8-bit AdamW (Triton kernel), and the reference 8-bit optimizers where installed
+AdamW (moments in the parameter dtype), our 8-bit AdamW (Triton kernel), and the reference 8-bit optimizers where installed
 (bitsandbytes AdamW8bit, torchao AdamW8bit). Reports step time (median of repeats, ratio to torch fused, all in one
 run) and optimizer-state bytes per parameter (storages, subclasses through their inner tensors).
 
@@ -8,6 +8,7 @@ run) and optimizer-state bytes per parameter (storages, subclasses through their
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 import yaml
@@ -15,7 +16,7 @@ import yaml
 from harness import CONF_DIR
 from harness.probes import optimizer_state_tensors, storage_bytes
 from kernels.benchmark import print_table, time_ms, write_rows
-from methods.adamw8bit import AdamW8bit
+from methods.adamw8bit import AdamW8bit, init_state
 
 
 def llama_shapes(model: str) -> list[tuple[int, ...]]:
@@ -42,6 +43,27 @@ def _reference_optimizers() -> dict:
     return out
 
 
+class KernelOnly(AdamW8bit):
+    """Our optimizer with the kernel's blocks per program set (`rows`)."""
+
+    def __init__(self, params, rows: int):
+        super().__init__(params, lr=1e-4)
+        self.rows = rows
+
+    @torch.no_grad()
+    def step(self):
+        from kernels.adamw8bit import adamw8bit_step
+
+        group = self.param_groups[0]
+        for p in group["params"]:
+            state = self.state[p]
+            if not state:
+                state.update(init_state(p, self.block_size))
+            state["step"] += 1
+            adamw8bit_step(p, p.grad, state, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
+                           state["step"], block=self.block_size, rows=self.rows)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama_1b")
@@ -54,6 +76,8 @@ def main(argv=None) -> None:
     n_params = sum(torch.Size(s).numel() for s in shapes)
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
                 "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
+    if device.type == "cuda":  # the kernel alone at other blocks-per-program, to show the choice of the default
+        variants.update({f"ours_kernel_rows{rows}": partial(KernelOnly, rows=rows) for rows in (1, 4, 16)})
     rows = []
     for name, factory in variants.items():
         row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,

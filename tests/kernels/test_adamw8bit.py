@@ -2,9 +2,12 @@
 Runs on CPU through TRITON_INTERPRET=1 (tests/conftest.py), on the GPU natively."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-from kernels.adamw8bit import adamw8bit_step
+from kernels.adamw8bit import _nearest_code, adamw8bit_step
 from methods.adamw8bit import _step_torch, init_state
+from methods.quant import dynamic_map, midpoints
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -12,6 +15,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def reference_step(p, g, state, lr, b1, b2, eps, wd, step, block):
     """The rule, via the optimizer's plain-torch path (itself checked against the paper in tests/methods)."""
     _step_torch(p, g, state, lr, b1, b2, eps, wd, step, block_size=block)
+
+
+@triton.jit
+def nearest(y_ptr, out_ptr, mid_ptr, n, SIGNED: tl.constexpr, B: tl.constexpr):
+    offs = tl.program_id(0) * B + tl.arange(0, B)
+    mask = offs < n
+    tl.store(out_ptr + offs, _nearest_code(tl.load(y_ptr + offs, mask=mask, other=0.0), mid_ptr, SIGNED), mask=mask)
 
 
 def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,3 +72,21 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     assert rows["torch_adamw_fused"]["ratio_to_torch_fused"] == 1.0
     ours = rows["ours_adamw8bit"]
     assert ours["status"] == "ok" and 2.0 < ours["state_bytes_per_param"] <= 2.05
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_code_equals_bucketize(signed):
+    """The kernel's arithmetic code estimate + two comparisons is exact: the critical values are the midpoints
+    (and their float neighbours) and the decade edges, all included."""
+    mid = midpoints(dynamic_map(signed)).contiguous()
+    edges = torch.tensor([10.0**e for e in range(-8, 1)])
+    y = torch.cat([torch.linspace(0, 1, 20001), torch.logspace(-9, 0, 20001), mid, edges,
+                   torch.nextafter(mid, torch.tensor(2.0)), torch.nextafter(mid, torch.tensor(-2.0)),
+                   torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-2.0))]).float()
+    y = y[(y >= 0) & (y <= 1)]
+    if signed:
+        y = torch.cat([y, -y])
+    y = y.contiguous().to(DEVICE)
+    out = torch.empty(y.numel(), dtype=torch.int32, device=DEVICE)
+    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid.to(DEVICE), y.numel(), SIGNED=signed, B=1024)
+    torch.testing.assert_close(out.long(), torch.bucketize(y, mid.to(DEVICE)), rtol=0, atol=0)
