@@ -33,6 +33,22 @@ def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> tup
     return statistics.median(times), quantile[0], quantile[-1]
 
 
+def graph_time_ms(fn, device: torch.device, repeats: int = 10) -> float | None:
+    """Median milliseconds of fn() captured once in a CUDA graph and replayed: the GPU's time without the host's
+    launch overhead (what a serving stack that captures its decode step pays). None off CUDA."""
+    if device.type != "cuda":
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compilation, allocations) outside the capture
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_ms(graph.replay, device, repeats=repeats)[0]
+
+
 def peak_bytes(fn, device: torch.device) -> int | None:
     """torch.cuda.max_memory_allocated during fn() above what was allocated before it (None off CUDA)."""
     if device.type != "cuda":

@@ -185,50 +185,71 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
     tl.store(lse_ptr + bh * n_splits + split, running_max + tl.log(running_sum))
 
 
-def _quantized_part_torch(q, quantized, cache, sm_scale):
-    """Plain-torch path (CPU jobs, or sizes that are not powers of two): same math, dequantizing the quantized part."""
-    keys, values = cache.dequantized()
-    t = quantized["value_codes"].shape[2]
-    scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, keys[:, :, :t])
-    lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("bht,bhtd->bhd", torch.softmax(scores, dim=-1), values[:, :, :t])
-    return out, lse
+@triton.jit
+def _kivi_merge_kernel(q_ptr, part_out_ptr, part_lse_ptr, rk_ptr, rv_ptr, out_ptr, S, R, sm_scale, r_bh,
+                       D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
+    """One program per (batch · head): attention over the R < G fp16 residual tokens, merged with the S chunk
+    results of _kivi_decode_kernel by their log-sum-exp — one launch, so decode costs two launches in all."""
+    bh = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, D)
+    s = tl.arange(0, BLOCK_S)
+    lse = tl.load(part_lse_ptr + bh * S + s, mask=s < S, other=-float("inf"))
+    parts = tl.load(part_out_ptr + (bh * S + s[:, None]) * D + d[None, :], mask=(s < S)[:, None], other=0.0)
+    r = tl.arange(0, BLOCK_R)
+    q = tl.load(q_ptr + bh * D + d).to(tl.float32) * sm_scale
+    keys = tl.load(rk_ptr + bh * r_bh + r[:, None] * D + d[None, :], mask=(r < R)[:, None], other=0.0)
+    scores = tl.where(r < R, tl.sum(keys.to(tl.float32) * q[None, :], axis=1), -float("inf"))
+    top = tl.maximum(tl.max(lse, axis=0), tl.max(scores, axis=0))
+    w_parts = tl.exp(lse - top)
+    w_res = tl.exp(scores - top)
+    values = tl.load(rv_ptr + bh * r_bh + r[:, None] * D + d[None, :], mask=(r < R)[:, None], other=0.0)
+    num = tl.sum(w_parts[:, None] * parts, axis=0) + tl.sum(w_res[:, None] * values.to(tl.float32), axis=0)
+    den = tl.sum(w_parts, axis=0) + tl.sum(w_res, axis=0)
+    tl.store(out_ptr + bh * D + d, (num / den).to(out_ptr.dtype.element_ty))
 
 
 def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
     """softmax(q Kᵀ / √D) V for one new query per (batch, head) over the whole cache (quantized + residual)."""
+    d = q.shape[-1]
+    powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d)))
+    if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return _decode_triton(q.contiguous(), cache, d**-0.5)
+    return _decode_torch(q, cache, d**-0.5)
+
+
+def _decode_triton(q: torch.Tensor, cache: KIVICache, sm_scale: float) -> torch.Tensor:
     b, h, d = q.shape
-    sm_scale = d**-0.5
-    parts = []
     quantized = cache.quantized()
+    n_splits = 0
+    part_out = part_lse = q  # placeholders when nothing is quantized yet (S = 0: never read)
     if quantized is not None:
-        powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d)))
-        if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            t, block_t = quantized["value_codes"].shape[2], min(64, cache.group)
-            chunk = _chunk_tokens(t, b * h, block_t)
-            n_splits = triton.cdiv(t, chunk)
-            out = torch.empty(b, h, n_splits, d, dtype=torch.float32, device=q.device)
-            lse = torch.empty(b, h, n_splits, dtype=torch.float32, device=q.device)
-            names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
-            _kivi_decode_kernel[(b * h, n_splits)](
-                q.contiguous(), *(quantized[n] for n in names), out, lse, t, chunk, sm_scale,
-                quantized["key_codes"].stride(1), quantized["key_scale"].stride(1),
-                quantized["value_codes"].stride(1), quantized["value_scale"].stride(1),
-                D=d, G=cache.group, GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=block_t)
-            parts.append((out, lse))
-        else:
-            out, lse = _quantized_part_torch(q, quantized, cache, sm_scale)
-            parts.append((out.unsqueeze(2), lse.unsqueeze(2)))
-    if cache.residual_k is not None and cache.residual_k.shape[2]:
-        scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, cache.residual_k.float())
-        parts.append((torch.einsum("bht,bhtd->bhd", torch.softmax(scores, -1), cache.residual_v.float()).unsqueeze(2),
-                      torch.logsumexp(scores, dim=-1).unsqueeze(2)))
-    if len(parts) == 1 and parts[0][1].shape[2] == 1:
-        return parts[0][0][:, :, 0].to(q.dtype)
-    merged = _merge_splits(torch.cat([o for o, _ in parts], dim=2), torch.cat([lse for _, lse in parts], dim=2))
-    return merged.to(q.dtype)
+        t, block_t = quantized["value_codes"].shape[2], min(64, cache.group)
+        chunk = _chunk_tokens(t, b * h, block_t)
+        n_splits = triton.cdiv(t, chunk)
+        part_out = torch.empty(b, h, n_splits, d, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(b, h, n_splits, dtype=torch.float32, device=q.device)
+        names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
+        _kivi_decode_kernel[(b * h, n_splits)](
+            q, *(quantized[n] for n in names), part_out, part_lse, t, chunk, sm_scale,
+            quantized["key_codes"].stride(1), quantized["key_scale"].stride(1),
+            quantized["value_codes"].stride(1), quantized["value_scale"].stride(1),
+            D=d, G=cache.group, GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=block_t)
+    residual = cache.residual_k is not None and cache.residual_k.shape[2] > 0
+    rk = cache.residual_k.contiguous() if residual else q
+    rv = cache.residual_v.contiguous() if residual else q
+    r = cache.residual_k.shape[2] if residual else 0
+    out = torch.empty_like(q)
+    _kivi_merge_kernel[(b * h,)](q, part_out, part_lse, rk, rv, out, n_splits, r, sm_scale, r * d, D=d,
+                                 BLOCK_S=triton.next_power_of_2(max(n_splits, 1)),
+                                 BLOCK_R=triton.next_power_of_2(max(r, 1)))
+    return out
 
 
+def _decode_torch(q: torch.Tensor, cache: KIVICache, sm_scale: float) -> torch.Tensor:
+    """Plain-torch path (CPU jobs, or sizes that are not powers of two): the same math over the dequantized cache."""
+    keys, values = cache.dequantized()
+    scores = torch.einsum("bhd,bhtd->bht", q.float() * sm_scale, keys)
+    return torch.einsum("bht,bhtd->bhd", torch.softmax(scores, dim=-1), values).to(q.dtype)
 
 
 def _chunk_tokens(tokens: int, programs: int, block_t: int, target_programs: int = 512) -> int:
@@ -236,9 +257,3 @@ def _chunk_tokens(tokens: int, programs: int, block_t: int, target_programs: int
     per SM (an H100 has 132)."""
     splits = max(1, min(triton.cdiv(target_programs, programs), triton.cdiv(tokens, block_t)))
     return triton.cdiv(triton.cdiv(tokens, splits), block_t) * block_t
-
-
-def _merge_splits(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Softmax-weighted merge of partial attentions over disjoint token sets: out (B, H, S, D), lse (B, H, S)."""
-    weights = (lse - torch.logsumexp(lse, dim=2, keepdim=True)).exp().unsqueeze(-1)
-    return (out * weights).sum(dim=2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.probes import storage_bytes
-from kernels.kivi import KIVICache, kivi_decode_attention, pack, quantize_groups, unpack
+from kernels.kivi import KIVICache, _decode_torch, kivi_decode_attention, pack, quantize_groups, unpack
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -40,7 +40,7 @@ def test_two_bit_cache_is_under_sixteen_percent_of_bf16_at_4096_tokens():
 
 
 @pytest.mark.parametrize("bits", [2, 4])
-@pytest.mark.parametrize("tokens,group", [(160, 32), (77, 16), (64, 64)])
+@pytest.mark.parametrize("tokens,group", [(160, 32), (77, 16), (64, 64), (20, 32)])
 def test_decode_attention_matches_attention_over_the_dequantized_cache(bits, tokens, group):
     gen = torch.Generator().manual_seed(tokens)
     b, h, d = 2, 3, 32
@@ -54,6 +54,7 @@ def test_decode_attention_matches_attention_over_the_dequantized_cache(bits, tok
     expected = torch.einsum("bht,bhtd->bhd", scores.softmax(-1), values.double())
     out = kivi_decode_attention(q, cache)
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_decode_torch(q, cache, d**-0.5).double(), expected, rtol=1e-4, atol=1e-5)
     exact = torch.einsum("bht,bhtd->bhd", torch.einsum("bhd,bhtd->bht", q.double().cpu() / d**0.5,
                                                        k.double()).softmax(-1), v.double())
     # against the unquantized cache the error is quantization error: bounded, larger for 2 bits
