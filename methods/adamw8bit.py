@@ -40,16 +40,21 @@ def step_params(params: list[torch.Tensor], states: list[dict], group: dict, blo
     """One 8-bit AdamW update of each parameter from its .grad (also used by 8-bit GaLore for its full-rank
     parameters); on CUDA through the fused kernel, one launch per parameter."""
     hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
-    if kernel and any(p.is_cuda for p in params):
-        from kernels.adamw8bit import adamw8bit_step
     for p, state in zip(params, states, strict=True):
         if not state:
             state.update(init_state(p, block_size))
         state["step"] += 1
-        if kernel and p.is_cuda:
-            adamw8bit_step(p, p.grad, state, *hyper, state["step"], block=block_size)
-        else:
-            _step_torch(p, p.grad, state, *hyper, state["step"], block_size=block_size)
+        step_tensor(p, p.grad, state, *hyper, state["step"], block_size, kernel)
+
+
+def step_tensor(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size, kernel=True) -> None:
+    """One 8-bit AdamW update of tensor p in place from grad, with the 8-bit moments in `state`."""
+    if kernel and p.is_cuda:
+        from kernels.adamw8bit import adamw8bit_step
+
+        adamw8bit_step(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block=block_size)
+    else:
+        _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size=block_size)
 
 
 def _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size):

@@ -56,9 +56,10 @@ class ApolloAdamW(ProjectedAdamW):
         uncorrected = direction / correction
         channel_dim = 0 if state["side"] == "left" else 1  # norms over the projected dimension
         if self.options.scaling == "tensor":
-            update = grad * (uncorrected.norm() / low_grad.norm().clamp(min=1e-12))
+            update = grad * (uncorrected.norm() / low_grad.float().norm().clamp(min=1e-12)).to(grad.dtype)
         else:
-            factor = uncorrected.norm(dim=channel_dim) / low_grad.norm(dim=channel_dim).clamp(min=1e-12)
+            factor = uncorrected.norm(dim=channel_dim) / low_grad.float().norm(dim=channel_dim).clamp(min=1e-12)
+            factor = factor.to(grad.dtype)
             update = grad * (factor.unsqueeze(0) if channel_dim == 0 else factor.unsqueeze(1))
         update = limit_growth(update, state, "prev_norm", self.options.growth_limit)
         return self.options.scale * correction * update

@@ -27,9 +27,10 @@ class FiraAdamW(GaLoreAdamW):
         channel_dim = 0 if state["side"] == "left" else 1
         phi = direction.norm(dim=channel_dim) / low_grad.norm(dim=channel_dim).clamp(min=1e-12)
         residual = grad - self.back(low_grad, state)
+        phi = phi.to(grad.dtype)
         residual = residual * (phi.unsqueeze(0) if channel_dim == 0 else phi.unsqueeze(1))
         residual = limit_growth(residual, state, "prev_residual_norm", self.options.growth_limit)
-        return self.options.scale * (self.back(direction, state) + residual)
+        return self.options.scale * (self.back(direction.to(grad.dtype), state) + residual)
 
 
 check = check_rank

@@ -23,7 +23,8 @@ class Options(LowRankOptions):
 class FrugalAdamW(GaLoreAdamW):
     def full_update(self, grad, low_grad, direction, state, group):
         residual = grad - self.back(low_grad, state)
-        return self.options.scale * self.back(direction, state) + self.options.free_lr_ratio * residual.sign()
+        return (self.back((self.options.scale * direction).to(grad.dtype), state)
+                + self.options.free_lr_ratio * residual.sign())
 
 
 check = check_rank

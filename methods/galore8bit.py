@@ -13,7 +13,7 @@ import torch
 from methods import adamw8bit
 from methods.galore import GaLoreAdamW, check_rank, split_groups
 from methods.lowrank import LowRankOptions
-from methods.quant import BLOCK, dequantize, dynamic_map, quantize
+from methods.quant import BLOCK
 
 
 @dataclass(frozen=True)
@@ -25,17 +25,15 @@ class GaLore8bitAdamW(GaLoreAdamW):
     def full_rank_step(self, params, group):
         adamw8bit.step_params(params, [self.state[p] for p in params], group, self.options.block_size)
 
-    def load_moments(self, state, like):
-        if "m_codes" not in state or state["m_codes"].shape != like.shape:
-            return torch.zeros_like(like), torch.zeros_like(like)
-        block = self.options.block_size
-        return (dequantize(state["m_codes"], state["m_absmax"], dynamic_map(True, like.device), block),
-                dequantize(state["v_codes"], state["v_absmax"], dynamic_map(False, like.device), block))
-
-    def store_moments(self, state, m, v):
-        block = self.options.block_size
-        state["m_codes"], state["m_absmax"] = quantize(m, dynamic_map(True, m.device), block)
-        state["v_codes"], state["v_absmax"] = quantize(v, dynamic_map(False, v.device), block)
+    def adam_direction(self, low, state, group):
+        """The 8-bit AdamW step (fused kernel on CUDA) of a zero "parameter" with lr = −1 and no decay leaves the
+        bias-corrected Adam direction in it, and the updated 8-bit moments in the state."""
+        if state.get("m_codes") is None or state["m_codes"].shape != low.shape:
+            state.update({k: v for k, v in adamw8bit.init_state(low, self.options.block_size).items() if k != "step"})
+        direction = torch.zeros(low.shape, dtype=torch.float32, device=low.device)
+        adamw8bit.step_tensor(direction, low, state, -1.0, *group["betas"], group["eps"], 0.0, state["step"],
+                              self.options.block_size)
+        return direction
 
 
 check = check_rank

@@ -5,7 +5,9 @@ them). A variant says how to refresh the projection, how to go down to the subsp
 Adam direction into a full-size update.
 
 For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m < n;
-right, R = G Q (m × r) otherwise (square matrices on the right, as galore-torch and apollo-torch do). Moments M, V are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε).
+right, R = G Q (m × r) otherwise (square matrices on the right, as galore-torch and apollo-torch do). Moments M, V
+are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε). The projections and the full-size update are in the
+gradient's dtype, the subspace's arithmetic in fp32.
 """
 from __future__ import annotations
 
@@ -67,27 +69,25 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     def full_update(self, grad: torch.Tensor, low_grad: torch.Tensor, direction: torch.Tensor, state: dict,
                     group: dict):
-        """The full-size update from the raw gradient, its projection and the subspace Adam direction."""
-        return self.options.scale * self.back(direction, state)
-
-    def load_moments(self, state: dict, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if "exp_avg" not in state:
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(like), torch.zeros_like(like)
-        return state["exp_avg"], state["exp_avg_sq"]
-
-    def store_moments(self, state: dict, m: torch.Tensor, v: torch.Tensor) -> None:
-        pass  # fp32 moments were updated in place
+        """The full-size update (in the gradient's dtype) from the raw gradient, its projection and the subspace
+        Adam direction (fp32)."""
+        return self.back((self.options.scale * direction).to(grad.dtype), state)
 
     # --- the shared loop --------------------------------------------------------------------------------------
-    def adam_direction(self, x: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+    def adam_direction(self, low: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+        """Bias-corrected Adam direction (at least fp32) of the projected gradient; the moments are stored in its
+        dtype, as the reference packages keep them, and updated in at least fp32."""
         beta1, beta2 = group["betas"]
         step = state["step"]
-        m, v = self.load_moments(state, x)
-        m.lerp_(x, 1 - beta1)
-        v.mul_(beta2).addcmul_(x, x, value=1 - beta2)
-        direction = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
-        self.store_moments(state, m, v)
-        return direction
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(low), torch.zeros_like(low)
+        wide = torch.promote_types(low.dtype, torch.float32)  # bf16 → fp32, fp64 stays
+        x = low.to(wide)
+        m = state["exp_avg"].to(wide).lerp_(x, 1 - beta1)
+        v = state["exp_avg_sq"].to(wide).mul_(beta2).addcmul_(x, x, value=1 - beta2)
+        state["exp_avg"].copy_(m)  # no-ops for fp32 moments, which were updated in place
+        state["exp_avg_sq"].copy_(v)
+        return (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
 
     def due_for_refresh(self, state: dict) -> bool:
         return (state["step"] - 1) % self.options.update_gap == 0
@@ -95,9 +95,10 @@ class ProjectedAdamW(torch.optim.Optimizer):
     def update_of(self, grad: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
         """The update direction for one gradient (lr and weight decay not applied); advances `state`."""
         state["step"] = state.get("step", 0) + 1
-        grad = grad.to(torch.promote_types(grad.dtype, torch.float32))  # bf16 → fp32, fp64 stays
         if self.due_for_refresh(state):
-            self.refresh(grad, state)
+            self.refresh(grad.to(torch.promote_types(grad.dtype, torch.float32)), state)  # SVD needs fp32 or fp64
+            if "proj" in state:  # projections are applied in the gradient's dtype (tensor cores), as the references do
+                state["proj"] = state["proj"].to(grad.dtype)
         low = self.down(grad, state)
         return self.full_update(grad, low, self.adam_direction(low, state, group), state, group)
 

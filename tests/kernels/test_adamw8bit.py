@@ -18,10 +18,10 @@ def reference_step(p, g, state, lr, b1, b2, eps, wd, step, block):
 
 
 @triton.jit
-def nearest(y_ptr, out_ptr, mid_ptr, n, SIGNED: tl.constexpr, B: tl.constexpr):
+def nearest(y_ptr, out_ptr, mid_ptr, n, B: tl.constexpr):
     offs = tl.program_id(0) * B + tl.arange(0, B)
     mask = offs < n
-    tl.store(out_ptr + offs, _nearest_code(tl.load(y_ptr + offs, mask=mask, other=0.0), mid_ptr, SIGNED), mask=mask)
+    tl.store(out_ptr + offs, _nearest_code(tl.load(y_ptr + offs, mask=mask, other=0.0), mid_ptr), mask=mask)
 
 
 def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -76,8 +76,8 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_nearest_code_equals_bucketize(signed):
-    """The kernel's arithmetic code estimate + two comparisons is exact: the critical values are the midpoints
-    (and their float neighbours) and the decade edges, all included."""
+    """The kernel's search for the nearest code is exact: the critical values are the midpoints (and their float
+    neighbours) and the decade edges, all included."""
     mid = midpoints(dynamic_map(signed)).contiguous()
     edges = torch.tensor([10.0**e for e in range(-8, 1)])
     y = torch.cat([torch.linspace(0, 1, 20001), torch.logspace(-9, 0, 20001), mid, edges,
@@ -88,5 +88,5 @@ def test_nearest_code_equals_bucketize(signed):
         y = torch.cat([y, -y])
     y = y.contiguous().to(DEVICE)
     out = torch.empty(y.numel(), dtype=torch.int32, device=DEVICE)
-    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid.to(DEVICE), y.numel(), SIGNED=signed, B=1024)
+    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid.to(DEVICE), y.numel(), B=1024)
     torch.testing.assert_close(out.long(), torch.bucketize(y, mid.to(DEVICE)), rtol=0, atol=0)
