@@ -157,29 +157,34 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
     for start in range(first, end, BLOCK_T):
         t = start + tl.arange(0, BLOCK_T)
         valid = t < end
-        # keys: codes packed along tokens; scale/zero per (token group, channel)
+        # keys: codes packed along tokens; one (scale, zero) row per group of G tokens, and a block never straddles
+        # two groups (BLOCK_T divides G), so q·k = Σ_d (q_d s_d) c_td + Σ_d q_d z_d: dequantization folded into q
+        group = start // G
+        k_scale = tl.load(ks_ptr + bh * ks_bh + group * D + d).to(tl.float32)
+        k_zero = tl.load(kz_ptr + bh * ks_bh + group * D + d).to(tl.float32)
         k_byte = tl.load(kc_base + (t[:, None] // per_byte) * D + d[None, :], mask=valid[:, None], other=0)
         k_code = (k_byte >> ((t[:, None] % per_byte) * BITS).to(tl.uint8)) & mask_bits
-        group = t // G
-        k_scale = tl.load(ks_ptr + bh * ks_bh + group[:, None] * D + d[None, :], mask=valid[:, None], other=0)
-        k_zero = tl.load(kz_ptr + bh * ks_bh + group[:, None] * D + d[None, :], mask=valid[:, None], other=0)
-        k = k_code.to(tl.float32) * k_scale.to(tl.float32) + k_zero.to(tl.float32)
-        scores = tl.sum(k * q[None, :], axis=1)
+        scores = tl.sum(k_code.to(tl.float32) * (q * k_scale)[None, :], axis=1) + tl.sum(q * k_zero, axis=0)
         scores = tl.where(valid, scores, -float("inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=0))
         correction = tl.exp(running_max - new_max)
         p = tl.exp(scores - new_max)
         running_sum = running_sum * correction + tl.sum(p, axis=0)
-        # values: codes packed along channels; scale/zero per (token, channel group)
+        # values: codes packed along channels; (scale, zero) per (token, group of GV channels)
         v_byte = tl.load(vc_base + t[:, None] * (D // per_byte) + d[None, :] // per_byte, mask=valid[:, None],
                          other=0)
-        v_code = (v_byte >> ((d[None, :] % per_byte) * BITS).to(tl.uint8)) & mask_bits
-        v_scale = tl.load(vs_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
-                          other=0)
-        v_zero = tl.load(vz_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
-                         other=0)
-        v = v_code.to(tl.float32) * v_scale.to(tl.float32) + v_zero.to(tl.float32)
-        acc = acc * correction + tl.sum(p[:, None] * v, axis=0)
+        v_code = ((v_byte >> ((d[None, :] % per_byte) * BITS).to(tl.uint8)) & mask_bits).to(tl.float32)
+        if GV == D:  # one (scale, zero) per token: Σ_t p_t (s_t c_td + z_t) = Σ_t (p_t s_t) c_td + Σ_t p_t z_t
+            v_scale = tl.load(vs_ptr + bh * vs_bh + t, mask=valid, other=0).to(tl.float32)
+            v_zero = tl.load(vz_ptr + bh * vs_bh + t, mask=valid, other=0).to(tl.float32)
+            block_out = tl.sum((p * v_scale)[:, None] * v_code, axis=0) + tl.sum(p * v_zero, axis=0)
+        else:
+            v_scale = tl.load(vs_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
+                              other=0)
+            v_zero = tl.load(vz_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
+                             other=0)
+            block_out = tl.sum(p[:, None] * (v_code * v_scale.to(tl.float32) + v_zero.to(tl.float32)), axis=0)
+        acc = acc * correction + block_out
         running_max = new_max
     tl.store(out_ptr + (bh * n_splits + split) * D + d, acc / running_sum)
     tl.store(lse_ptr + bh * n_splits + split, running_max + tl.log(running_sum))

@@ -41,10 +41,11 @@ def test_two_bit_cache_is_under_sixteen_percent_of_bf16_at_4096_tokens():
 
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("tokens,group", [(160, 32), (77, 16), (64, 64), (20, 32)])
-def test_decode_attention_matches_attention_over_the_dequantized_cache(bits, tokens, group):
+@pytest.mark.parametrize("value_group", [16, 32])  # per-channel-group and per-token (whole head) value scales
+def test_decode_attention_matches_attention_over_the_dequantized_cache(bits, tokens, group, value_group):
     gen = torch.Generator().manual_seed(tokens)
     b, h, d = 2, 3, 32
-    cache = KIVICache(bits=bits, group=group, value_group=16)
+    cache = KIVICache(bits=bits, group=group, value_group=value_group)
     k, v = torch.randn(b, h, tokens, d, generator=gen), torch.randn(b, h, tokens, d, generator=gen)
     cache.append(k[:, :, :50].to(DEVICE), v[:, :, :50].to(DEVICE))
     cache.append(k[:, :, 50:].to(DEVICE), v[:, :, 50:].to(DEVICE))
