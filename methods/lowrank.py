@@ -125,10 +125,11 @@ class ProjectedAdamW(torch.optim.Optimizer):
         dtype as torch.optim.AdamW and the reference packages keep them; fused on CUDA, so no full-size fp32
         temporaries (at 7B the embedding alone is 131 M values)."""
         fused = all(p.is_cuda and p.dtype in (torch.float16, torch.bfloat16, torch.float32) for p in params)
-        for p in params:
-            if not self.state[p]:
-                self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device if fused else None),
-                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        fresh = [p for p in params if not self.state[p]]
+        # the fused kernel reads step counts from the device: one allocation for all of them, not a block each
+        steps = torch.zeros(len(fresh), dtype=torch.float32, device=params[0].device if fused else None)
+        for p, step in zip(fresh, steps, strict=True):
+            self.state[p].update(step=step, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         functional_adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
