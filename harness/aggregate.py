@@ -68,6 +68,30 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(parts)
 
 
+KERNEL_COLUMNS = ["timestamp", "git_sha", "variant", "status", "vocab", "step_ms", "ratio_to_torch_fused",
+                  "state_bytes_per_param", "time_over_compile", "peak_beyond_inputs", "bound_bytes", "peak_over_bound",
+                  "cache_bytes", "bytes_over_bf16", "decode_ms", "time_over_bf16", "decode_graph_ms",
+                  "graph_time_over_bf16", "mean_abs_error", "error"]
+
+
+def kernel_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Kernel benchmark rows (kernels/bench_*.py) as they are, one line per measured variant and run, oldest first:
+    each run's ratios belong together, and the git_sha column says which code measured them."""
+    frame = frame.assign(git_sha=frame["git_sha"].astype(str).str[:7])
+    return frame[[c for c in KERNEL_COLUMNS if c in frame and frame[c].notna().any()]].reset_index(drop=True)
+
+
+def kernel_markdown(table: pd.DataFrame) -> str:
+    def cell(v):
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "-"
+        return f"{v:,.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     shown = [c for c in ["model", "method", "transforms", "status", "repeats", "peak_allocated", "cpu_live_peak",
                          "weights", "grads", "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu",
@@ -99,8 +123,13 @@ def write_report(rows_path: Path, out_dir: Path) -> list[Path]:
     if frame.empty:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = tidy(frame)
     written = [out_dir / "table.csv", out_dir / "table.md"]
+    if "kernel" in frame and frame["kernel"].notna().all():
+        table = kernel_table(frame)
+        table.to_csv(written[0], index=False)
+        written[1].write_text(kernel_markdown(table))
+        return written
+    table = tidy(frame)
     table.to_csv(written[0], index=False)
     written[1].write_text(to_markdown(table))
     written += pareto(table, out_dir)

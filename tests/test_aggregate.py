@@ -47,3 +47,18 @@ def test_report_files(tmp_path):
                                          "memory_breakdown.png"}
     assert "| adamw |" in (tmp_path / "report" / "table.md").read_text()
     assert len(pd.read_csv(tmp_path / "report" / "table.csv")) == 2
+
+
+def test_kernel_rows_get_a_table_of_variants_per_run(tmp_path):
+    path = tmp_path / "k.rows.jsonl"
+    for sha, ms in (("aaaaaaa111", 2.0), ("bbbbbbb222", 1.5)):
+        for variant, ratio in (("bf16_sdpa", 1.0), ("kivi_2bit", ms)):
+            append_row(path, {"run_id": sha + variant, "sweep": "kivi", "kernel": "kivi", "variant": variant,
+                              "status": "ok", "error": None, "git_sha": sha, "timestamp": sha,
+                              "decode_ms": ratio * 0.05, "time_over_bf16": ratio})
+    written = write_report(path, tmp_path / "report")
+    assert {p.name for p in written} == {"table.csv", "table.md"}
+    table = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert list(table["variant"]) == ["bf16_sdpa", "kivi_2bit"] * 2
+    assert list(table["git_sha"]) == ["aaaaaaa"] * 2 + ["bbbbbbb"] * 2 and list(table["time_over_bf16"])[-1] == 1.5
+    assert "| bbbbbbb | kivi_2bit | ok |" in (tmp_path / "report" / "table.md").read_text()
