@@ -1,13 +1,17 @@
 """Run one job in its own process and always return one row: ok, oom, timeout, error, diverged or skipped.
 
-The parent never touches CUDA: it writes job.json, starts `python -m harness.worker` in a new session (so a
-timeout kills the whole process group), waits with a timeout, and turns whatever happened into a row.
+The parent never touches CUDA: it writes job.json, starts the job process in a new session (so a timeout kills the
+whole process group), waits with a timeout, and turns whatever happened into a row. The job process is forked from
+a server that has done the imports once (run.launcher=fork, harness/zygote.py) or is a fresh interpreter running
+`python -m harness.worker` (run.launcher=spawn); both run the same worker.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -51,6 +55,105 @@ def _die_with_parent() -> None:
         pass
 
 
+class Zygote:
+    """The launcher's side of the fork server (harness/zygote.py): one per sweep, started on first use."""
+
+    def __init__(self, log_path, ready_timeout_s: float = 600.0):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "harness.zygote"], cwd=PROJECT_ROOT, env=env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        self.buffer = b""
+        if self._read(ready_timeout_s) != {"ready": True}:
+            self.close()
+            raise RuntimeError(f"the fork server did not start; see {log_path}")
+
+    def _read(self, timeout_s: float | None) -> dict | None:
+        """The next message, None when timeout_s passes first; EOFError when the server is gone."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout], [], [], left)[0]:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise EOFError("the fork server exited")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def start(self, job_dir, log_path, env: dict) -> int:
+        request = {"job_dir": str(job_dir), "log": str(log_path), "env": env}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        return self._read(None)["pid"]
+
+    def wait(self, timeout_s: float | None) -> int | None:
+        message = self._read(timeout_s)
+        return None if message is None else message["returncode"]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+_ZYGOTES: dict = {}
+
+
+def _zygote(log_path) -> Zygote:
+    server = _ZYGOTES.get("server")
+    if server is None or not server.alive():
+        server = _ZYGOTES["server"] = Zygote(log_path)
+    return server
+
+
+@atexit.register
+def stop_servers() -> None:
+    """End the fork server (harness.run calls this after each sweep, so code edits reach the next one)."""
+    server = _ZYGOTES.pop("server", None)
+    if server is not None:
+        server.close()
+
+
+def _wait_forked(job: Job, log_path, env: dict) -> int | None:
+    """Run the job as a child of the fork server; its exit code, or None after a timeout (group killed)."""
+    server = _zygote(job.job_dir.parent / "zygote.log")
+    pid = server.start(job.job_dir, log_path, env)
+    try:
+        returncode = server.wait(job.spec.run.timeout_s)
+    except BaseException:  # Ctrl-C or a kill of the parent: take the child down, write no row
+        os.killpg(pid, signal.SIGKILL)
+        raise
+    if returncode is None:
+        os.killpg(pid, signal.SIGKILL)
+        server.wait(None)  # the server reaps it and reports the kill
+    return returncode
+
+
+def _wait_spawned(job: Job, log_path, env: dict) -> int | None:
+    """Run the job in a fresh interpreter; its exit code, or None after a timeout (group killed)."""
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env, preexec_fn=_die_with_parent)
+        try:
+            return proc.wait(timeout=job.spec.run.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+        except BaseException:  # Ctrl-C or a kill of the parent: take the child down, write no row
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+
+
 def _config_columns(job: Job) -> dict:
     c, spec = job.config, job.spec
     return {
@@ -77,23 +180,16 @@ def run_job(job: Job, provenance: dict) -> dict:
     if occupants and job.spec.run.busy_gpu == "refuse":
         return {**row, "status": "skipped",
                 "error": f"GPU busy: {len(occupants)} other process(es) {occupants[:5]} (run.busy_gpu=refuse)"}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "MEMBENCH_LAUNCHED_AT": repr(time.time())}  # the child's startup_s: interpreter, imports, CUDA state
+    # the job's whole environment (a forked job gets it from the request), and its start for startup_s
+    env = {**os.environ, "MEMBENCH_LAUNCHED_AT": repr(time.time())}
+    launcher = job.spec.run.launcher
+    row["launcher"] = launcher
     start = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                                preexec_fn=_die_with_parent)
-        try:
-            returncode = proc.wait(timeout=job.spec.run.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            returncode = None
-        except BaseException:  # Ctrl-C or a kill of the parent: take the child down, write no row
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+    try:
+        returncode = (_wait_forked if launcher == "fork" else _wait_spawned)(job, log_path, env)
+    except (EOFError, RuntimeError) as e:  # the fork server died or never started: the job did not run
+        row["wall_s"] = round(time.monotonic() - start, 3)
+        return {**row, "status": "error", "error": f"run.launcher=fork: {e} (run.launcher=spawn avoids the server)"}
     row["wall_s"] = round(time.monotonic() - start, 3)
     if returncode is None:
         return {**row, "status": "timeout", "error": f"no result after run.timeout_s={job.spec.run.timeout_s:g} s"}

@@ -14,7 +14,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from harness.config import GROUPS, ConfigError, group_options, plan
-from harness.launch import run_job
+from harness.launch import run_job, stop_servers
 from harness.provenance import git_state
 from harness.results import append_row, read_rows, write_json_atomic
 
@@ -53,10 +53,19 @@ def summary_table(rows: list[dict]) -> str:
 
 def run_sweep(jobs, progress: bool = True) -> list[dict]:
     provenance = git_state()
-    rows, skipped_existing = [], 0
+    rows = []
     # each sweep's existing rows, read once (a torn line is reported once, not once per job)
     done = {r["run_id"]: r for d in {job.sweep_dir for job in jobs} for r in read_rows(d / "rows.jsonl")}
     bar = tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
+    try:
+        _run_jobs(bar, done, provenance, rows)
+    finally:
+        stop_servers()
+    return rows
+
+
+def _run_jobs(bar, done, provenance, rows) -> None:
+    skipped_existing = 0
     for job in bar:
         rows_path = job.sweep_dir / "rows.jsonl"
         if job.run_id in done and not job.spec.run.force:
@@ -72,7 +81,6 @@ def run_sweep(jobs, progress: bool = True) -> list[dict]:
                   + (f": {row['error']}" if row.get("error") else ""))
     if skipped_existing:
         print(f"{skipped_existing} job(s) already had a row and were not rerun (run.force=true reruns them)")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

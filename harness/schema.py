@@ -109,6 +109,7 @@ class RunSpec:
     live_tensor_probe: bool
     nvml_interval_ms: int
     inject_fault: Literal["none", "raise", "oom", "segfault", "kill", "hang", "nan_loss", "missing_package"]
+    launcher: Literal["fork", "spawn"]
 
     def check(self) -> None:
         if self.repeats < 1:

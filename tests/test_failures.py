@@ -1,9 +1,14 @@
-"""Failure as data: each failure drill leaves one row with its status, and the sweep goes on."""
+"""Failure as data: each failure drill leaves one row with its status, and the sweep goes on — with jobs forked
+from the server (run.launcher=fork, the default) and with jobs in fresh interpreters (spawn)."""
+import pytest
+
 from tests.helpers import FAST, rows_of, run_cli
 
 
-def test_each_failure_becomes_a_row_and_the_sweep_continues(results_dir):
-    proc = run_cli(["-m", "run.inject_fault=raise,segfault,oom,nan_loss,missing_package,none", *FAST], results_dir)
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_each_failure_becomes_a_row_and_the_sweep_continues(results_dir, launcher):
+    proc = run_cli(["-m", "run.inject_fault=raise,segfault,oom,nan_loss,missing_package,none",
+                    f"run.launcher={launcher}", *FAST], results_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["config"]["run"]["inject_fault"]: r for r in rows_of(results_dir)}
     assert rows["raise"]["status"] == "error" and "injected fault" in rows["raise"]["error"]
@@ -14,10 +19,12 @@ def test_each_failure_becomes_a_row_and_the_sweep_continues(results_dir):
     assert rows["none"]["status"] == "ok"
     assert rows["oom"]["weights"] > 0, "what was measured before the failure is kept"
     assert "diverged=1" in proc.stdout and "error=2" in proc.stdout and "oom=1" in proc.stdout and "skipped=1" in proc.stdout
+    assert {r["launcher"] for r in rows.values()} == {launcher}
 
 
-def test_timeout_kills_the_job_and_leaves_a_timeout_row(results_dir):
-    proc = run_cli(["run.inject_fault=hang", "run.timeout_s=4", *FAST], results_dir)
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_timeout_kills_the_job_and_leaves_a_timeout_row(results_dir, launcher):
+    proc = run_cli(["run.inject_fault=hang", "run.timeout_s=4", f"run.launcher={launcher}", *FAST], results_dir)
     assert proc.returncode == 0
     (row,) = rows_of(results_dir)
     assert row["status"] == "timeout" and "run.timeout_s=4" in row["error"]

@@ -85,3 +85,35 @@ def test_unknown_method_exits_nonzero_with_one_line_and_no_row(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "adamw" in lines[0] and "adafactor" in lines[0] and "sgd" in lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_a_fork_server_that_cannot_start_gives_error_rows_not_a_crash(tmp_path, monkeypatch):
+    from harness import launch
+    from harness.config import plan
+    from harness.run import run_sweep
+
+    def broken(self, log_path, ready_timeout_s=600.0):
+        raise RuntimeError(f"the fork server did not start; see {log_path}")
+
+    monkeypatch.setattr(launch.Zygote, "__init__", broken)
+    rows = run_sweep(plan([*FAST, f"run.results_dir={tmp_path}"]), progress=False)
+    assert [r["status"] for r in rows] == ["error"]
+    assert "run.launcher=spawn" in rows[0]["error"] and rows[0]["launcher"] == "fork"
+
+
+def test_forked_jobs_get_the_launchers_environment_at_their_start(tmp_path, monkeypatch):
+    """Jobs forked from one server see the launcher's environment as it is when each starts."""
+    from harness import launch
+    from harness.config import plan
+
+    first, second = plan(["-m", *FAST, f"run.results_dir={tmp_path}", "train.seed=1,2"])
+    try:
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        row_first = launch.run_job(first, {})
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:native")
+        row_second = launch.run_job(second, {})
+    finally:
+        launch.stop_servers()
+    assert row_first["status"] == row_second["status"] == "ok" and row_first["launcher"] == "fork"
+    assert (row_first["pytorch_cuda_alloc_conf"], row_second["pytorch_cuda_alloc_conf"]) == (
+        "expandable_segments:True", "backend:native")
