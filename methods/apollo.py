@@ -29,12 +29,14 @@ class Options(LowRankOptions):
 
 
 def limit_growth(update: torch.Tensor, state: dict, key: str, gamma: float) -> torch.Tensor:
-    """Norm-growth limiter (APOLLO §3.3, Fira §4.2): the update's norm may grow by at most γ per step."""
+    """Norm-growth limiter (APOLLO §3.3, Fira §4.2): the update's norm may grow by at most γ per step. On the device
+    (torch.where, no `if` on a tensor): a host synchronization per matrix per step would stall the GPU."""
     norm = update.norm()
     previous = state.get(key)
-    if previous is not None and norm > gamma * previous:
-        update = update * (gamma * previous / norm)
-        norm = gamma * previous
+    if previous is not None:
+        limit = gamma * previous
+        update = update * torch.where(norm > limit, limit / norm, 1.0).to(update.dtype)
+        norm = torch.minimum(norm, limit)
     state[key] = norm
     return update
 

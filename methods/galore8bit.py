@@ -25,15 +25,19 @@ class GaLore8bitAdamW(GaLoreAdamW):
     def full_rank_step(self, params, group):
         adamw8bit.step_params(params, [self.state[p] for p in params], group, self.options.block_size)
 
-    def adam_direction(self, low, state, group):
+    def adam_directions(self, lows, states, group):
         """The 8-bit AdamW step (fused kernel on CUDA) of a zero "parameter" with lr = −1 and no decay leaves the
         bias-corrected Adam direction in it, and the updated 8-bit moments in the state."""
-        if state.get("m_codes") is None or state["m_codes"].shape != low.shape:
-            state.update({k: v for k, v in adamw8bit.init_state(low, self.options.block_size).items() if k != "step"})
-        direction = torch.zeros(low.shape, dtype=torch.float32, device=low.device)
-        adamw8bit.step_tensor(direction, low, state, -1.0, *group["betas"], group["eps"], 0.0, state["step"],
-                              self.options.block_size)
-        return direction
+        directions = []
+        for low, state in zip(lows, states, strict=True):
+            if state.get("m_codes") is None or state["m_codes"].shape != low.shape:
+                state.update({k: v for k, v in adamw8bit.init_state(low, self.options.block_size).items()
+                              if k != "step"})
+            direction = torch.zeros(low.shape, dtype=torch.float32, device=low.device)
+            adamw8bit.step_tensor(direction, low.contiguous(), state, -1.0, *group["betas"], group["eps"], 0.0,
+                                  state["step"], self.options.block_size)
+            directions.append(direction)
+        return directions
 
 
 check = check_rank

@@ -6,8 +6,8 @@ Adam direction into a full-size update.
 
 For a matrix gradient G (m × n) the subspace is taken along the shorter side: left, R = Pᵀ G (r × n) when m < n;
 right, R = G Q (m × r) otherwise (square matrices on the right, as galore-torch and apollo-torch do). Moments M, V
-are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε). The projections and the full-size update are in the
-gradient's dtype, the subspace's arithmetic in fp32.
+are r × n (or m × r); the Adam direction is N = M̂ / (√V̂ + ε). Projections, moments and updates are in the
+gradient's dtype, as in the reference packages.
 """
 from __future__ import annotations
 
@@ -74,33 +74,44 @@ class ProjectedAdamW(torch.optim.Optimizer):
         return self.back((self.options.scale * direction).to(grad.dtype), state)
 
     # --- the shared loop --------------------------------------------------------------------------------------
-    def adam_direction(self, low: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
-        """Bias-corrected Adam direction (at least fp32) of the projected gradient; the moments are stored in its
-        dtype, as the reference packages keep them, and updated in at least fp32."""
+    def adam_directions(self, lows: list[torch.Tensor], states: list[dict], group: dict) -> list[torch.Tensor]:
+        """Bias-corrected Adam directions of the projected gradients, all parameters at once (foreach: a handful of
+        launches per step, not a dozen per matrix). Moments are kept in the gradients' dtype and updated there, as
+        galore-torch and apollo-torch do."""
+        if not lows:  # a group of INT8 layers: they update from their own backward (attach_quantized)
+            return []
         beta1, beta2 = group["betas"]
-        step = state["step"]
-        if "exp_avg" not in state:
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(low), torch.zeros_like(low)
-        wide = torch.promote_types(low.dtype, torch.float32)  # bf16 → fp32, fp64 stays
-        x = low.to(wide)
-        m = state["exp_avg"].to(wide).lerp_(x, 1 - beta1)
-        v = state["exp_avg_sq"].to(wide).mul_(beta2).addcmul_(x, x, value=1 - beta2)
-        state["exp_avg"].copy_(m)  # no-ops for fp32 moments, which were updated in place
-        state["exp_avg_sq"].copy_(v)
-        return (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + group["eps"])
+        for low, state in zip(lows, states, strict=True):
+            if "exp_avg" not in state or state["exp_avg"].shape != low.shape:
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(low), torch.zeros_like(low)
+        m = [s["exp_avg"] for s in states]
+        v = [s["exp_avg_sq"] for s in states]
+        torch._foreach_lerp_(m, lows, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, lows, lows, value=1 - beta2)
+        denominators = torch._foreach_div(v, [1 - beta2 ** s["step"] for s in states])
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, group["eps"])
+        directions = torch._foreach_div(m, [1 - beta1 ** s["step"] for s in states])
+        torch._foreach_div_(directions, denominators)
+        return directions
 
     def due_for_refresh(self, state: dict) -> bool:
         return (state["step"] - 1) % self.options.update_gap == 0
 
-    def update_of(self, grad: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
-        """The update direction for one gradient (lr and weight decay not applied); advances `state`."""
+    def project(self, grad: torch.Tensor, state: dict) -> torch.Tensor:
+        """Advance `state` by one step (refreshing the projection when due) and return the projected gradient."""
         state["step"] = state.get("step", 0) + 1
         if self.due_for_refresh(state):
             self.refresh(grad.to(torch.promote_types(grad.dtype, torch.float32)), state)  # SVD needs fp32 or fp64
             if "proj" in state:  # projections are applied in the gradient's dtype (tensor cores), as the references do
                 state["proj"] = state["proj"].to(grad.dtype)
-        low = self.down(grad, state)
-        return self.full_update(grad, low, self.adam_direction(low, state, group), state, group)
+        return self.down(grad, state)
+
+    def update_of(self, grad: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+        """The update direction for one gradient (lr and weight decay not applied); advances `state`."""
+        low = self.project(grad, state)
+        return self.full_update(grad, low, self.adam_directions([low], [state], group)[0], state, group)
 
     def attach_quantized(self, model: torch.nn.Module) -> None:
         """Let INT8-weight layers (methods/int8_weights.py) call this optimizer's rule from their backward:
@@ -146,11 +157,13 @@ class ProjectedAdamW(torch.optim.Optimizer):
                 if with_grad:
                     self.full_rank_step(with_grad, group)
                 continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = self.update_of(p.grad, self.state[p], group)
+            params = [p for p in group["params"] if p.grad is not None]
+            states = [self.state[p] for p in params]
+            lows = [self.project(p.grad, state) for p, state in zip(params, states, strict=True)]
+            directions = self.adam_directions(lows, states, group)
+            for p, state, low, direction in zip(params, states, lows, directions, strict=True):
+                update = self.full_update(p.grad, low, direction, state, group)
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])  # fp32 update added into the parameter, no cast copy
+                p.add_(update, alpha=-group["lr"])  # the update is in the parameter's dtype: no cast copy
         return loss
