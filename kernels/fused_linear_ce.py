@@ -1,15 +1,21 @@
 """Fused linear cross-entropy: loss = CE(h Wᵀ, y) and its gradients dH, dW without materializing the N × V logits.
 
-Tokens are processed in chunks of C rows. For each chunk: z = h_c Wᵀ (C × V, one matmul), then one Triton program
-per row computes, in two sweeps over the vocabulary in fp32, the log-sum-exp (online max / sum), the row loss
-    ℓ = lse − (1 − ε) z_y − ε · mean(z)            (ε = label smoothing; rows with y = ignore_index give 0)
-and overwrites z in place with the logit gradient  dz = (softmax(z) − (1 − ε) onehot(y) − ε / V) / n_valid.
-Then dH_c = dz W and dW += dzᵀ h_c (two matmuls). The gradients are produced during the forward pass and scaled
-by the incoming gradient in backward (the loss is a terminal node). Matmuls: 3 · N · V · D multiply-adds, like
-the unfused graph; memory beyond the two gradients: one C × V chunk of fp32 logits.
+The logits are computed one tile of R tokens × C vocabulary entries at a time, in the inputs' dtype (bf16 logits,
+as the unfused graph has them; every reduction below is in fp32), into one reused tile buffer:
+  pass 1, per vocabulary tile: z = h_R W_Cᵀ; a Triton program per row merges the tile into the row's running
+          max, sum of exp, target logit and logit sum (online log-sum-exp), so after the last tile
+              ℓ = lse − (1 − ε) z_y − ε · mean(z)          (ε = label smoothing; rows with y = ignore_index give 0)
+  pass 2, per vocabulary tile: z again (a fourth matmul), overwritten in place by
+              dz = (softmax(z) − (1 − ε) onehot(y) − ε / V) / n_valid,
+          then dH_R += dz W_C and dW_C += dzᵀ h_R (accumulated in the gradients' own storage: no fp32 copies).
+When a tile holds whole rows (C = V) pass 2 reuses pass 1's logits: three matmuls, like the unfused graph.
+The gradients are produced in the forward pass and scaled by the incoming gradient in backward (the loss is
+terminal). Memory beyond the two gradients: the R × C tile plus four floats per row.
 
-The chunk size is the knob between the two operating points (kernels/bench_fused_linear_ce.py):
-memory mode, chunk bytes ≤ 2 % of (N + V) · D · 2; speed mode, ≤ 30 %.
+Two operating points (kernels/bench_fused_linear_ce.py), by the tile's bytes as a fraction of the gradients'
+(N + V) · D · 2 bytes: memory mode 2 % (tiles of ~1024 tokens × a slice of the vocabulary, four matmuls), speed
+mode 28 % (whole rows, three matmuls). Not done: CCE's gradient filtering (skipping vocabulary tiles whose
+softmax gradient is below bf16 resolution), which changes the gradient.
 """
 from __future__ import annotations
 
@@ -19,96 +25,136 @@ import torch
 import triton
 import triton.language as tl
 
+MIN_FULL_ROWS = 512  # below this many whole rows per tile, slice the vocabulary instead (matmul efficiency)
+TILE_ROWS = 1024  # tokens per tile when the vocabulary is sliced
+MIN_TILE_COLS = 256
+
 
 @triton.jit
-def _ce_rows_kernel(z_ptr, z_stride, y_ptr, loss_ptr, V, ignore_index, smoothing, grad_scale,
-                    BLOCK_V: tl.constexpr, WRITE_GRAD: tl.constexpr):
+def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, BLOCK_V: tl.constexpr):
+    """Merge one row of a logits tile into that row's running (max, sum of exp, target logit, logit sum)."""
     row = tl.program_id(0).to(tl.int64)
-    z_row = z_ptr + row * z_stride
-    y = tl.load(y_ptr + row)
-    cols = tl.arange(0, BLOCK_V)
-    running_max = -float("inf")
-    running_sum = 0.0
-    logit_sum = 0.0
-    for start in range(0, V, BLOCK_V):
-        mask = start + cols < V
-        z = tl.load(z_row + start + cols, mask=mask, other=-float("inf")).to(tl.float32)
-        block_max = tl.max(z, axis=0)
-        new_max = tl.maximum(running_max, block_max)
+    z_row = z_ptr + row * cols
+    target = tl.load(y_ptr + row) - col_offset  # the target's column in this tile (may be outside it)
+    offsets = tl.arange(0, BLOCK_V)
+    running_max = tl.load(stats_ptr + row)
+    running_sum = tl.load(stats_ptr + n_rows + row)
+    target_logit = tl.load(stats_ptr + 2 * n_rows + row)
+    logit_sum = tl.load(stats_ptr + 3 * n_rows + row)
+    for start in range(0, cols, BLOCK_V):
+        col = start + offsets
+        mask = col < cols
+        z = tl.load(z_row + col, mask=mask, other=-float("inf")).to(tl.float32)
+        new_max = tl.maximum(running_max, tl.max(z, axis=0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), axis=0)
         running_max = new_max
         logit_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
-    lse = running_max + tl.log(running_sum)
-    valid = y != ignore_index
-    safe_y = tl.where(valid, y, 0)
-    z_y = tl.load(z_row + safe_y).to(tl.float32)
-    loss = lse - (1.0 - smoothing) * z_y - smoothing * logit_sum / V
-    tl.store(loss_ptr + row, tl.where(valid, loss, 0.0))
-    if WRITE_GRAD:
-        scale = tl.where(valid, grad_scale, 0.0)
-        for start in range(0, V, BLOCK_V):
-            mask = start + cols < V
-            z = tl.load(z_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-            grad = tl.exp(z - lse) - smoothing / V - tl.where(start + cols == safe_y, 1.0 - smoothing, 0.0)
-            tl.store(z_row + start + cols, (grad * scale).to(z_ptr.dtype.element_ty), mask=mask)
+        target_logit += tl.sum(tl.where((col == target) & mask, z, 0.0), axis=0)
+    tl.store(stats_ptr + row, running_max)
+    tl.store(stats_ptr + n_rows + row, running_sum)
+    tl.store(stats_ptr + 2 * n_rows + row, target_logit)
+    tl.store(stats_ptr + 3 * n_rows + row, logit_sum)
 
 
-def _ce_rows_torch(z, targets, ignore_index, smoothing, grad_scale, write_grad):
-    """The same per-row computation in plain torch, for CPU jobs (Triton needs a GPU or its interpreter)."""
-    valid = targets != ignore_index
-    safe = torch.where(valid, targets, 0)
-    lse = torch.logsumexp(z, dim=1)
-    losses = lse - (1 - smoothing) * z.gather(1, safe[:, None])[:, 0] - smoothing * z.mean(dim=1)
-    losses = torch.where(valid, losses, 0.0)
-    if write_grad:
-        z.sub_(lse[:, None]).exp_().sub_(smoothing / z.shape[1])
-        z.scatter_add_(1, safe[:, None], torch.full_like(z[:, :1], -(1 - smoothing)))
-        z.mul_(torch.where(valid, grad_scale, 0.0)[:, None])
-    return losses
+@triton.jit
+def _tile_grad_kernel(z_ptr, cols, y_ptr, lse_ptr, col_offset, vocab, ignore_index, smoothing, grad_scale,
+                      BLOCK_V: tl.constexpr):
+    """Overwrite one row of a logits tile with grad_scale · dℓ/dz (zero for ignored rows)."""
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * cols
+    y = tl.load(y_ptr + row)
+    scale = tl.where(y != ignore_index, grad_scale, 0.0)
+    target = y - col_offset
+    lse = tl.load(lse_ptr + row)
+    offsets = tl.arange(0, BLOCK_V)
+    for start in range(0, cols, BLOCK_V):
+        col = start + offsets
+        mask = col < cols
+        z = tl.load(z_row + col, mask=mask, other=0.0).to(tl.float32)
+        grad = tl.exp(z - lse) - smoothing / vocab - tl.where(col == target, 1.0 - smoothing, 0.0)
+        tl.store(z_row + col, (grad * scale).to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def ce_rows(z: torch.Tensor, targets: torch.Tensor, ignore_index: int, smoothing: float, grad_scale: float,
-            write_grad: bool) -> torch.Tensor:
-    """Per-row loss of logits z (rows × V); with write_grad, z is overwritten by grad_scale · dloss/dz."""
-    if not z.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        return _ce_rows_torch(z, targets, ignore_index, smoothing, grad_scale, write_grad)
-    rows, vocab = z.shape
-    losses = torch.empty(rows, dtype=z.dtype, device=z.device)
-    if rows:
-        _ce_rows_kernel[(rows,)](z, z.stride(0), targets, losses, vocab, ignore_index, smoothing, grad_scale,
-                                 BLOCK_V=min(4096, triton.next_power_of_2(vocab)), WRITE_GRAD=write_grad)
-    return losses
+def _use_triton(z: torch.Tensor) -> bool:
+    return z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def chunk_rows(n_tokens: int, vocab: int, hidden: int, budget_fraction: float) -> int:
-    """Rows per chunk so that the fp32 logits chunk stays within budget_fraction of the gradient bytes."""
-    bound = (n_tokens + vocab) * hidden * 2
-    return max(1, min(n_tokens, int(budget_fraction * bound) // (vocab * 4)))
+def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_offset: int) -> None:
+    """stats (4 × rows, fp32): running max, sum of exp, target logit, logit sum; updated with the tile z."""
+    rows, cols = z.shape
+    if _use_triton(z):
+        _tile_stats_kernel[(rows,)](z, cols, targets, stats, rows, col_offset,
+                                    BLOCK_V=min(4096, triton.next_power_of_2(cols)))
+        return
+    z32 = z.float()
+    new_max = torch.maximum(stats[0], z32.amax(dim=1))
+    stats[1] = stats[1] * (stats[0] - new_max).exp() + (z32 - new_max[:, None]).exp().sum(dim=1)
+    stats[0] = new_max
+    stats[3] += z32.sum(dim=1)
+    local = targets - col_offset
+    inside = (local >= 0) & (local < cols)
+    stats[2] += torch.where(inside, z32.gather(1, local.clamp(0, cols - 1)[:, None])[:, 0], 0.0)
+
+
+def tile_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, col_offset: int, vocab: int,
+              ignore_index: int, smoothing: float, grad_scale: float) -> None:
+    """Overwrite the tile z with grad_scale · dℓ/dz."""
+    rows, cols = z.shape
+    if _use_triton(z):
+        _tile_grad_kernel[(rows,)](z, cols, targets, lse, col_offset, vocab, ignore_index, smoothing, grad_scale,
+                                   BLOCK_V=min(4096, triton.next_power_of_2(cols)))
+        return
+    grad = (z.float() - lse[:, None]).exp_().sub_(smoothing / vocab)
+    local = targets - col_offset
+    inside = (local >= 0) & (local < cols)
+    grad.scatter_add_(1, local.clamp(0, cols - 1)[:, None], torch.where(inside, smoothing - 1.0, 0.0)[:, None])
+    z.copy_(grad.mul_(torch.where(targets != ignore_index, grad_scale, 0.0)[:, None]))
+
+
+def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, itemsize: int) -> tuple[int, int]:
+    """(rows, cols) of the logits tile so that its bytes stay within budget_fraction of the gradients' bytes."""
+    elements = int(budget_fraction * (n_tokens + vocab) * hidden * 2) // itemsize
+    full_rows = elements // vocab
+    if full_rows >= min(MIN_FULL_ROWS, n_tokens):
+        return min(full_rows, n_tokens), vocab
+    rows = min(n_tokens, TILE_ROWS)
+    return rows, min(vocab, max(MIN_TILE_COLS, elements // rows))  # tiny problems exceed the budget, not crawl
 
 
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, smoothing, chunk):
-        n_tokens = hidden.shape[0]
-        n_valid = int((targets != ignore_index).sum())
+    def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols):
+        n_tokens, vocab = hidden.shape[0], weight.shape[0]
+        n_valid = max(int((targets != ignore_index).sum()), 1)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        grad_hidden = torch.zeros_like(hidden) if need_grad else None
         grad_weight = torch.zeros_like(weight) if need_grad else None
-        accumulate = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
-        total = torch.zeros((), dtype=accumulate, device=hidden.device)
-        for start in range(0, n_tokens, chunk):
-            h = hidden[start:start + chunk]
-            z = (h @ weight.T).to(accumulate)
-            losses = ce_rows(z, targets[start:start + chunk], ignore_index, smoothing, 1.0 / max(n_valid, 1),
-                             write_grad=need_grad)
-            total += losses.sum()
-            if need_grad:
-                dz = z.to(hidden.dtype)  # in place when hidden is fp32; one C × V copy in bf16
-                del z  # the fp32 chunk goes before the two matmuls
-                torch.matmul(dz, weight, out=grad_hidden[start:start + chunk])
-                grad_weight.addmm_(dz.T, h)
+        tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
+        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        whole_rows = cols >= vocab
+        for r0 in range(0, n_tokens, rows):
+            h, y = hidden[r0:r0 + rows], targets[r0:r0 + rows]
+            stats = torch.zeros(4, h.shape[0], dtype=total.dtype, device=hidden.device)
+            stats[0] = -float("inf")
+            for c0 in range(0, vocab, cols):
+                w = weight[c0:c0 + cols]
+                z = torch.matmul(h, w.T, out=tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0]))
+                tile_stats(z, y, stats, c0)
+            lse = stats[0] + stats[1].log()
+            losses = lse - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
+            total += torch.where(y != ignore_index, losses, 0.0).sum()
+            if not need_grad:
+                continue
+            for c0 in range(0, vocab, cols):
+                w = weight[c0:c0 + cols]
+                z = tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
+                if not whole_rows:  # pass 1 left only the last tile's logits
+                    torch.matmul(h, w.T, out=z)
+                tile_grad(z, y, lse, c0, vocab, ignore_index, smoothing, 1.0 / n_valid)
+                grad_hidden[r0:r0 + rows].addmm_(z, w)
+                grad_weight[c0:c0 + cols].addmm_(z.T, h)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        return total / max(n_valid, 1)
+        return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -116,16 +162,23 @@ class _FusedLinearCE(torch.autograd.Function):
         if grad_hidden is not None:
             grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
             grad_weight.mul_(grad_loss.to(grad_weight.dtype))
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                ignore_index: int = -100, label_smoothing: float = 0.0,
-                               chunk_rows_: int | None = None, budget_fraction: float = 0.02) -> torch.Tensor:
-    """Mean cross-entropy of hidden (N × D) @ weight (V × D)ᵀ against targets (N), over targets ≠ ignore_index."""
+                               tile: tuple[int, int] | None = None, budget_fraction: float = 0.02) -> torch.Tensor:
+    """Mean cross-entropy of hidden (N × D) @ weight (V × D)ᵀ against targets (N), over targets ≠ ignore_index.
+    tile = (rows, cols) of the logits tile; by default from budget_fraction (tile_shape)."""
     hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     targets = targets.reshape(-1).contiguous()
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets")
-    chunk = chunk_rows_ or chunk_rows(hidden.shape[0], weight.shape[0], weight.shape[1], budget_fraction)
-    return _FusedLinearCE.apply(hidden, weight, targets, ignore_index, label_smoothing, chunk)
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype}")
+    rows, cols = tile or tile_shape(hidden.shape[0], weight.shape[0], weight.shape[1], budget_fraction,
+                                    hidden.element_size())
+    if rows < 1 or cols < 1:
+        raise ValueError(f"tile={tile}: rows and cols must be >= 1")
+    return _FusedLinearCE.apply(hidden, weight, targets, ignore_index, label_smoothing, rows,
+                                min(cols, weight.shape[0]))

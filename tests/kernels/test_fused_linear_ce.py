@@ -1,11 +1,12 @@
 """Fused linear cross-entropy against a float64 reference F.cross_entropy(h Wᵀ, y) on odd shapes (N not a multiple
-of the chunk, vocab not a power of two, ignore_index present), with and without label smoothing: loss, dH and dW.
-Runs on CPU through TRITON_INTERPRET=1."""
+of the tile's rows, vocab not a multiple of its columns nor a power of two, ignore_index present), with and without
+label smoothing, with whole-row tiles and vocabulary-sliced tiles: loss, dH and dW. Runs on CPU through
+TRITON_INTERPRET=1."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.fused_linear_ce import chunk_rows, fused_linear_cross_entropy
+from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (loss rtol, gradient rtol) relative to the float64 reference, by input dtype
@@ -26,14 +27,15 @@ def _relative_error(a, b):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-@pytest.mark.parametrize("n,d,v,chunk", [(37, 24, 101, 8), (64, 16, 1000, 64), (19, 40, 77, None)])
-def test_matches_float64_reference(dtype, smoothing, n, d, v, chunk):
+@pytest.mark.parametrize("n,d,v,tile", [(37, 24, 101, (8, 32)), (64, 16, 1000, (24, 1000)), (19, 40, 77, None),
+                                        (50, 8, 130, (64, 40))])
+def test_matches_float64_reference(dtype, smoothing, n, d, v, tile):
     gen = torch.Generator().manual_seed(n * v)
     h = (torch.randn(n, d, generator=gen) * 0.5).to(dtype).to(DEVICE).requires_grad_()
     w = (torch.randn(v, d, generator=gen) * 0.5).to(dtype).to(DEVICE).requires_grad_()
     y = torch.randint(0, v, (n,), generator=gen).to(DEVICE)
     y[::5] = -100  # ignore_index present
-    loss = fused_linear_cross_entropy(h, w, y, label_smoothing=smoothing, chunk_rows_=chunk)
+    loss = fused_linear_cross_entropy(h, w, y, label_smoothing=smoothing, tile=tile)
     (loss * 2.0).backward()  # a non-unit incoming gradient
     ref_loss, ref_dh, ref_dw = reference(h, w, y, -100, smoothing)
     loss_tol, grad_tol = TOLERANCE[dtype]
@@ -55,27 +57,41 @@ def test_no_grad_path_computes_the_loss_only():
     h, w = torch.randn(9, 8, device=DEVICE), torch.randn(13, 8, device=DEVICE)
     y = torch.randint(0, 13, (9,), device=DEVICE)
     with torch.no_grad():
-        loss = fused_linear_cross_entropy(h, w, y, chunk_rows_=4)
+        loss = fused_linear_cross_entropy(h, w, y, tile=(4, 5))
     torch.testing.assert_close(loss, F.cross_entropy(h @ w.T, y))
 
 
-def test_chunk_budget():
-    rows = chunk_rows(8192, 128256, 4096, 0.02)
-    assert rows * 128256 * 4 <= 0.02 * (8192 + 128256) * 4096 * 2 and rows >= 1
+@pytest.mark.parametrize("budget,whole_rows", [(0.02, False), (0.28, True)])
+def test_tile_budget(budget, whole_rows):
+    rows, cols = tile_shape(8192, 128256, 4096, budget, itemsize=2)
+    assert rows * cols * 2 <= budget * (8192 + 128256) * 4096 * 2 and rows >= 512
+    assert (cols == 128256) == whole_rows
 
 
-def test_plain_torch_path_matches_the_kernel(monkeypatch):
-    """CPU jobs without the interpreter take the plain-torch row computation: same numbers."""
+def test_plain_torch_path_matches_the_kernels():
+    """CPU jobs without the interpreter take the plain-torch tile computations: same numbers."""
     from kernels import fused_linear_ce as module
 
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(7, 45, generator=gen, dtype=torch.float32)
-    y = torch.tensor([1, -100, 44, 0, 3, -100, 9])
-    kernel_z, torch_z = z.clone().to(DEVICE), z.clone()
-    kernel_loss = module.ce_rows(kernel_z, y.to(DEVICE), -100, 0.1, 0.2, True)
-    torch_loss = module._ce_rows_torch(torch_z, y, -100, 0.1, 0.2, True)
-    torch.testing.assert_close(kernel_loss.cpu(), torch_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kernel_z.cpu(), torch_z, rtol=1e-5, atol=1e-7)
+    y = torch.tensor([1, -100, 44, 60, 3, -100, 9])  # 60 lies outside this tile (columns 20..64)
+    results = []
+    for use_kernel in (True, False):
+        tile = z.clone().to(DEVICE if use_kernel else "cpu")
+        targets = y.to(tile.device)
+        stats = torch.zeros(4, 7, device=tile.device)
+        stats[0] = -float("inf")
+        if use_kernel:
+            module._tile_stats_kernel[(7,)](tile, 45, targets, stats, 7, 20, BLOCK_V=16)
+            lse = stats[0] + stats[1].log()
+            module._tile_grad_kernel[(7,)](tile, 45, targets, lse, 20, 200, -100, 0.1, 0.2, BLOCK_V=16)
+        else:
+            module.tile_stats(tile, targets, stats, 20)
+            lse = stats[0] + stats[1].log()
+            module.tile_grad(tile, targets, lse, 20, 200, -100, 0.1, 0.2)
+        results.append((stats.cpu(), tile.cpu()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
 
 
 def test_benchmark_writes_rows(tmp_path, monkeypatch):
