@@ -10,12 +10,14 @@ Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the ta
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from kernels.benchmark import peak_bytes, print_table, time_ms, write_rows
 from kernels.fused_linear_ce import fused_linear_cross_entropy
+from methods.fused_ce import BUDGET
 
 
 def plain(h, w, y):
@@ -23,8 +25,8 @@ def plain(h, w, y):
 
 
 def variants(device: torch.device) -> dict:
-    out = {"eager": plain, "ours_memory": lambda h, w, y: fused_linear_cross_entropy(h, w, y, budget_fraction=0.02),
-           "ours_speed": lambda h, w, y: fused_linear_cross_entropy(h, w, y, budget_fraction=0.28)}
+    out = {"eager": plain, **{f"ours_{mode}": partial(fused_linear_cross_entropy, budget_fraction=fraction)
+                              for mode, fraction in BUDGET.items()}}
     if device.type == "cuda":
         out["torch_compile"] = torch.compile(plain)
         try:

@@ -12,9 +12,9 @@ When a tile holds whole rows (C = V) pass 2 reuses pass 1's logits: three matmul
 The gradients are produced in the forward pass and scaled by the incoming gradient in backward (the loss is
 terminal). Memory beyond the two gradients: the R × C tile plus four floats per row.
 
-Two operating points (kernels/bench_fused_linear_ce.py), by the tile's bytes as a fraction of the gradients'
-(N + V) · D · 2 bytes: memory mode 2 % (tiles of ~1024 tokens × a slice of the vocabulary, four matmuls), speed
-mode 28 % (whole rows, three matmuls). Not done: CCE's gradient filtering (skipping vocabulary tiles whose
+Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
+fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.5 % (tiles of 1024 tokens × a slice of the
+vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Not done: CCE's gradient filtering (skipping vocabulary tiles whose
 softmax gradient is below bf16 resolution), which changes the gradient.
 """
 from __future__ import annotations

@@ -13,7 +13,9 @@ import torch
 
 from harness.schema import ConfigError
 
-BUDGET = {"memory": 0.02, "speed": 0.28}  # logits tile bytes, as a fraction of the two gradients' bytes
+# logits tile bytes as a fraction of the two gradients' bytes; below the targets' 2 % and 30 % by what cuBLAS and
+# the per-row statistics take beside the tile
+BUDGET = {"memory": 0.015, "speed": 0.27}
 
 
 @dataclass(frozen=True)
