@@ -116,6 +116,7 @@ def _zygote(log_path) -> Zygote:
 def stop_servers() -> None:
     """End the fork server (harness.run calls this after each sweep, so code edits reach the next one)."""
     server = _ZYGOTES.pop("server", None)
+    _ZYGOTES.pop("failed", None)
     if server is not None:
         server.close()
 
@@ -182,14 +183,19 @@ def run_job(job: Job, provenance: dict) -> dict:
                 "error": f"GPU busy: {len(occupants)} other process(es) {occupants[:5]} (run.busy_gpu=refuse)"}
     # the job's whole environment (a forked job gets it from the request), and its start for startup_s
     env = {**os.environ, "MEMBENCH_LAUNCHED_AT": repr(time.time())}
-    launcher = job.spec.run.launcher
-    row["launcher"] = launcher
+    launcher = "spawn" if "failed" in _ZYGOTES else job.spec.run.launcher
     start = time.monotonic()
     try:
         returncode = (_wait_forked if launcher == "fork" else _wait_spawned)(job, log_path, env)
-    except (EOFError, RuntimeError) as e:  # the fork server died or never started: the job did not run
-        row["wall_s"] = round(time.monotonic() - start, 3)
+    except RuntimeError as e:  # the fork server did not start: this and the sweep's other jobs are spawned
+        _ZYGOTES["failed"] = str(e)
+        print(f"warning: run.launcher=fork: {e}; spawning a fresh interpreter per job instead", file=sys.stderr)
+        launcher = "spawn"
+        returncode = _wait_spawned(job, log_path, env)
+    except EOFError as e:  # the fork server died while the job ran: what became of the job is unknown
+        row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
         return {**row, "status": "error", "error": f"run.launcher=fork: {e} (run.launcher=spawn avoids the server)"}
+    row["launcher"] = launcher
     row["wall_s"] = round(time.monotonic() - start, 3)
     if returncode is None:
         return {**row, "status": "timeout", "error": f"no result after run.timeout_s={job.spec.run.timeout_s:g} s"}

@@ -28,6 +28,17 @@ def _preload() -> None:
 
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialized while preloading; a forked job could not use it")
+    if torch.cuda.is_available():  # a library may have initialized the driver behind torch's back: try it
+        pid = os.fork()
+        if pid == 0:
+            try:
+                torch.zeros(1, device="cuda")
+                torch.cuda.synchronize()
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+            raise RuntimeError("a child forked after the imports cannot use CUDA")
 
 
 def _send(stream, message: dict) -> None:

@@ -87,7 +87,7 @@ def test_unknown_method_exits_nonzero_with_one_line_and_no_row(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_a_fork_server_that_cannot_start_gives_error_rows_not_a_crash(tmp_path, monkeypatch):
+def test_a_fork_server_that_cannot_start_falls_back_to_spawned_jobs(tmp_path, monkeypatch, capsys):
     from harness import launch
     from harness.config import plan
     from harness.run import run_sweep
@@ -96,9 +96,9 @@ def test_a_fork_server_that_cannot_start_gives_error_rows_not_a_crash(tmp_path, 
         raise RuntimeError(f"the fork server did not start; see {log_path}")
 
     monkeypatch.setattr(launch.Zygote, "__init__", broken)
-    rows = run_sweep(plan([*FAST, f"run.results_dir={tmp_path}"]), progress=False)
-    assert [r["status"] for r in rows] == ["error"]
-    assert "run.launcher=spawn" in rows[0]["error"] and rows[0]["launcher"] == "fork"
+    rows = run_sweep(plan(["-m", *FAST, f"run.results_dir={tmp_path}", "train.seed=1,2"]), progress=False)
+    assert [(r["status"], r["launcher"]) for r in rows] == [("ok", "spawn"), ("ok", "spawn")]
+    assert capsys.readouterr().err.count("spawning a fresh interpreter per job instead") == 1
 
 
 def test_forked_jobs_get_the_launchers_environment_at_their_start(tmp_path, monkeypatch):
