@@ -2,7 +2,8 @@
 (codes + scales + zeros + fp16 residual) over bf16 bytes, and decode-attention time (median of repeats) of our
 dequantize-fused kernels (chunks of tokens, then one merge with the fp16 residual) against torch's
 scaled_dot_product_attention over the bf16 cache, in one run — eager (host launch overhead included) and replayed
-from a CUDA graph (the GPU's time alone).
+from a CUDA graph (the GPU's time alone); on CUDA also the 2-bit decode at other tokens-per-step and warps of the
+kernel (rows kivi_2bit_t<tokens>_w<warps>), to choose its defaults.
 
     python -m kernels.bench_kivi [--tokens 4096] [--heads 32] [--head-dim 128] [--group 128]
 """
@@ -55,6 +56,18 @@ def main(argv=None) -> None:
                      "bytes_over_bf16": size / bf16_bytes, "decode_ms": median, "decode_ms_p20": p20,
                      "decode_ms_p80": p80, "time_over_bf16": median / base_ms, "mean_abs_error": error,
                      "decode_graph_ms": graph_ms, "graph_time_over_bf16": graph_ms / base_graph_ms if graph_ms else None})
+    if device.type == "cuda":  # the decode kernel's shape, for choosing the defaults (64 tokens, 4 warps)
+        cache = KIVICache(bits=2, group=args.group, value_group=args.group)
+        cache.append(k, v)
+        for block_tokens in (16, 32, 64, 128):
+            for warps in (2, 4, 8):
+                def decode(block_tokens=block_tokens, warps=warps):
+                    return kivi_decode_attention(q, cache, block_tokens=block_tokens, num_warps=warps)
+
+                graph_ms = graph_time_ms(decode, device, repeats=args.repeats)
+                rows.append({"kernel": "kivi", "variant": f"kivi_2bit_t{block_tokens}_w{warps}", "shape": f"{shape}",
+                             "decode_ms": time_ms(decode, device, repeats=args.repeats)[0],
+                             "decode_graph_ms": graph_ms, "graph_time_over_bf16": graph_ms / base_graph_ms})
     path = write_rows("kivi", rows, device)
     print_table(rows, ["variant", "cache_bytes", "bytes_over_bf16", "decode_ms", "time_over_bf16", "decode_graph_ms",
                        "graph_time_over_bf16", "mean_abs_error"])

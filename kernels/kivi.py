@@ -55,6 +55,7 @@ class KIVICache:
     quantized_tokens: int = 0
     residual_k: torch.Tensor | None = None
     residual_v: torch.Tensor | None = None
+    views: dict | None = None  # quantized() of the current contents, rebuilt after an append
 
 
     def __post_init__(self):
@@ -80,6 +81,7 @@ class KIVICache:
                          value_scale=scale.squeeze(-1), value_zero=zero.squeeze(-1))
             self._write(parts)
             self.quantized_tokens += self.group
+            self.views = None
 
     def channel_group(self, head_dim: int) -> int:
         return min(self.value_group, head_dim)
@@ -105,10 +107,14 @@ class KIVICache:
             buffer[:, :, start:end] = part
 
     def quantized(self) -> dict | None:
-        """Views of the quantized part (no copy), in the layout of the module docstring."""
+        """Views of the quantized part (no copy), in the layout of the module docstring; kept between decode steps
+        (building six views costs a decode step's worth of host time)."""
         if not self.quantized_tokens:
             return None
-        return {name: buffer[:, :, : self._rows(name, self.quantized_tokens)] for name, buffer in self.buffers.items()}
+        if self.views is None:
+            self.views = {name: buffer[:, :, : self._rows(name, self.quantized_tokens)]
+                          for name, buffer in self.buffers.items()}
+        return self.views
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.buffers.values()) + [t for t in (self.residual_k, self.residual_v) if t is not None]
@@ -213,22 +219,24 @@ def _kivi_merge_kernel(q_ptr, part_out_ptr, part_lse_ptr, rk_ptr, rv_ptr, out_pt
     tl.store(out_ptr + bh * D + d, (num / den).to(out_ptr.dtype.element_ty))
 
 
-def kivi_decode_attention(q: torch.Tensor, cache: KIVICache) -> torch.Tensor:
-    """softmax(q Kᵀ / √D) V for one new query per (batch, head) over the whole cache (quantized + residual)."""
+def kivi_decode_attention(q: torch.Tensor, cache: KIVICache, block_tokens: int = 64,
+                          num_warps: int = 4) -> torch.Tensor:
+    """softmax(q Kᵀ / √D) V for one new query per (batch, head) over the whole cache (quantized + residual).
+    block_tokens (a power of two) and num_warps shape the Triton decode kernel's programs."""
     d = q.shape[-1]
-    powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d)))
+    powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d), block_tokens))
     if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        return _decode_triton(q.contiguous(), cache, d**-0.5)
+        return _decode_triton(q.contiguous(), cache, d**-0.5, min(block_tokens, cache.group), num_warps)
     return _decode_torch(q, cache, d**-0.5)
 
 
-def _decode_triton(q: torch.Tensor, cache: KIVICache, sm_scale: float) -> torch.Tensor:
+def _decode_triton(q: torch.Tensor, cache: KIVICache, sm_scale: float, block_t: int, num_warps: int) -> torch.Tensor:
     b, h, d = q.shape
     quantized = cache.quantized()
     n_splits = 0
     part_out = part_lse = q  # placeholders when nothing is quantized yet (S = 0: never read)
     if quantized is not None:
-        t, block_t = quantized["value_codes"].shape[2], min(64, cache.group)
+        t = quantized["value_codes"].shape[2]
         chunk = _chunk_tokens(t, b * h, block_t)
         n_splits = triton.cdiv(t, chunk)
         part_out = torch.empty(b, h, n_splits, d, dtype=torch.float32, device=q.device)
@@ -238,7 +246,7 @@ def _decode_triton(q: torch.Tensor, cache: KIVICache, sm_scale: float) -> torch.
             q, *(quantized[n] for n in names), part_out, part_lse, t, chunk, sm_scale,
             quantized["key_codes"].stride(1), quantized["key_scale"].stride(1),
             quantized["value_codes"].stride(1), quantized["value_scale"].stride(1),
-            D=d, G=cache.group, GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=block_t)
+            D=d, G=cache.group, GV=cache.channel_group(d), BITS=cache.bits, BLOCK_T=block_t, num_warps=num_warps)
     residual = cache.residual_k is not None and cache.residual_k.shape[2] > 0
     rk = cache.residual_k.contiguous() if residual else q
     rv = cache.residual_v.contiguous() if residual else q

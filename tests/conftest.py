@@ -33,3 +33,12 @@ def pytest_configure(config):
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def no_fork_server_left_behind():
+    """A test that launches jobs in this process must not hand its fork server (harness/zygote.py) to the next."""
+    yield
+    from harness.launch import stop_servers
+
+    stop_servers()

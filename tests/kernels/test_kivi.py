@@ -102,3 +102,13 @@ def test_token_chunks_cover_the_cache_without_empty_programs(tokens, programs, b
     assert chunk % block == 0 and (splits - 1) * chunk < tokens <= splits * chunk
     if (tokens, programs) == (4096, 32):
         assert programs * splits >= 256
+
+
+@pytest.mark.parametrize("block_tokens,num_warps", [(16, 2), (128, 8)])
+def test_decode_kernel_shape_does_not_change_the_result(block_tokens, num_warps):
+    gen = torch.Generator().manual_seed(7)
+    cache = KIVICache(bits=2, group=64, value_group=32)
+    cache.append(torch.randn(1, 2, 200, 32, generator=gen).to(DEVICE), torch.randn(1, 2, 200, 32, generator=gen).to(DEVICE))
+    q = torch.randn(1, 2, 32, generator=gen).to(DEVICE)
+    torch.testing.assert_close(kivi_decode_attention(q, cache, block_tokens=block_tokens, num_warps=num_warps),
+                               kivi_decode_attention(q, cache), rtol=1e-5, atol=1e-6)
