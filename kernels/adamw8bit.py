@@ -1,7 +1,7 @@
 """Fused 8-bit AdamW step: dequantize m, v → AdamW update of θ → requantize m, v, in one pass.
 
-One program per quantization block (BLOCK values): it reads θ, g, the uint8 codes of m and v and their two block
-absmax values, and writes θ, the new codes and absmax. m and v never exist in fp32 outside registers, so the step
+Each program takes ROWS quantization blocks of BLOCK values (one by default): it reads θ, g, the uint8 codes of m
+and v and their block absmax values, and writes θ, the new codes and absmax. m and v never exist in fp32 outside registers, so the step
 moves 2·|θ| + |g| + 2 + 8/BLOCK bytes per parameter, against 2·|θ| + |g| + 4·|θ| for torch's fused AdamW (moments
 in the parameter dtype). Requantization finds the nearest code-book entry with a branchless binary search over the
 255 midpoints (8 gathers from a 1 KiB table that stays in L1). Rule and code books: methods/adamw8bit.py,
@@ -45,31 +45,32 @@ def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
 @triton.jit
 def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_absmax_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr,
-                      n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
-                      BLOCK: tl.constexpr, TO_BF16: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                      n, n_blocks, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
+                      BLOCK: tl.constexpr, ROWS: tl.constexpr, TO_BF16: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's quantization blocks
+    row_mask = rows < n_blocks
+    offs = rows[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = offs < n
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     theta = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
     v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
-    m = tl.load(signed_ptr + m_code) * tl.load(m_absmax_ptr + pid)
-    v = tl.load(unsigned_ptr + v_code) * tl.load(v_absmax_ptr + pid)
+    m = tl.load(signed_ptr + m_code) * tl.load(m_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    v = tl.load(unsigned_ptr + v_code) * tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
     theta = theta * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
     _store_rounded(p_ptr + offs, theta, mask, TO_BF16)
     m = tl.where(mask, m, 0.0)
     v = tl.where(mask, v, 0.0)
-    m_absmax = tl.max(tl.abs(m), axis=0)
-    v_absmax = tl.max(v, axis=0)
-    m_codes = _nearest_code(m / tl.maximum(m_absmax, 1e-38), signed_mid_ptr)
-    v_codes = _nearest_code(v / tl.maximum(v_absmax, 1e-38), unsigned_mid_ptr)
+    m_absmax = tl.max(tl.abs(m), axis=1)
+    v_absmax = tl.max(v, axis=1)
+    m_codes = _nearest_code(m / tl.maximum(m_absmax, 1e-38)[:, None], signed_mid_ptr)
+    v_codes = _nearest_code(v / tl.maximum(v_absmax, 1e-38)[:, None], unsigned_mid_ptr)
     tl.store(m_codes_ptr + offs, m_codes.to(tl.uint8), mask=mask)
     tl.store(v_codes_ptr + offs, v_codes.to(tl.uint8), mask=mask)
-    tl.store(m_absmax_ptr + pid, m_absmax)
-    tl.store(v_absmax_ptr + pid, v_absmax)
+    tl.store(m_absmax_ptr + rows, m_absmax, mask=row_mask)
+    tl.store(v_absmax_ptr + rows, v_absmax, mask=row_mask)
 
 
 _TABLES: dict = {}
@@ -83,16 +84,21 @@ def _tables(device: torch.device):
 
 
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
-                   eps: float, weight_decay: float, step: float, block: int = 256) -> None:
-    """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax."""
+                   eps: float, weight_decay: float, step: float, block: int = 256, rows: int = 1,
+                   num_warps: int = 4) -> None:
+    """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax. Each program
+    updates `rows` quantization blocks with `num_warps` warps (bench_adamw8bit times a grid of both)."""
     if not (p.is_contiguous() and grad.is_contiguous()):
         raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
     if block & (block - 1):
         raise ValueError(f"the kernel needs a power-of-two block, got {block}")
+    if rows & (rows - 1):
+        raise ValueError(f"the kernel needs a power-of-two number of blocks per program, got {rows}")
     n = p.numel()
-    _adamw8bit_kernel[(triton.cdiv(n, block),)](
+    n_blocks = triton.cdiv(n, block)
+    _adamw8bit_kernel[(triton.cdiv(n_blocks, rows),)](
         p, grad, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"], *_tables(p.device),
         # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
-        n, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
+        n, n_blocks, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
         (1.0 - beta2**step) ** 0.5,
-        BLOCK=block, TO_BF16=p.dtype == torch.bfloat16)
+        BLOCK=block, ROWS=rows, TO_BF16=p.dtype == torch.bfloat16, num_warps=num_warps)

@@ -31,8 +31,8 @@ def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n,block", [(1000, 256), (77, 32), (4096 + 3, 256)])
-def test_kernel_matches_plain_torch(dtype, n, block):
+@pytest.mark.parametrize("n,block,rows", [(1000, 256, 1), (77, 32, 1), (4096 + 3, 256, 1), (1000, 64, 4), (77, 16, 8)])
+def test_kernel_matches_plain_torch(dtype, n, block, rows):
     gen = torch.Generator().manual_seed(n)
     theta = torch.randn(n, generator=gen).to(dtype).to(DEVICE)
     grads = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for _ in range(3)]
@@ -41,7 +41,7 @@ def test_kernel_matches_plain_torch(dtype, n, block):
     p_kernel, p_ref = theta.clone(), theta.clone()
     for step, g in enumerate(grads, start=1):
         args = (1e-2, 0.9, 0.999, 1e-8, 0.01, float(step))
-        adamw8bit_step(p_kernel, g, state_kernel, *args, block=block)
+        adamw8bit_step(p_kernel, g, state_kernel, *args, block=block, rows=rows, num_warps=2 if rows > 1 else 4)
         reference_step(p_ref, g, state_ref, *args, block)
         if dtype == torch.float32:
             torch.testing.assert_close(p_kernel, p_ref, rtol=1e-6, atol=1e-6)
