@@ -65,7 +65,11 @@ class Zygote:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                          start_new_session=True, preexec_fn=_die_with_parent)
         self.buffer = b""
-        if self._read(ready_timeout_s) != {"ready": True}:
+        try:
+            ready = self._read(ready_timeout_s)
+        except EOFError:  # it died while importing
+            ready = None
+        if ready != {"ready": True}:
             self.close()
             raise RuntimeError(f"the fork server did not start; see {log_path}")
 
@@ -85,8 +89,11 @@ class Zygote:
 
     def start(self, job_dir, log_path, env: dict) -> int:
         request = {"job_dir": str(job_dir), "log": str(log_path), "env": env}
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError as e:
+            raise EOFError("the fork server exited") from e
         return self._read(None)["pid"]
 
     def wait(self, timeout_s: float | None) -> int | None:
@@ -121,6 +128,13 @@ def stop_servers() -> None:
         server.close()
 
 
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended (and was reaped by the fork server) in the meantime
+        pass
+
+
 def _wait_forked(job: Job, log_path, env: dict) -> int | None:
     """Run the job as a child of the fork server; its exit code, or None after a timeout (group killed)."""
     server = _zygote(job.job_dir.parent / "zygote.log")
@@ -128,10 +142,10 @@ def _wait_forked(job: Job, log_path, env: dict) -> int | None:
     try:
         returncode = server.wait(job.spec.run.timeout_s)
     except BaseException:  # Ctrl-C or a kill of the parent: take the child down, write no row
-        os.killpg(pid, signal.SIGKILL)
+        _kill_group(pid)
         raise
     if returncode is None:
-        os.killpg(pid, signal.SIGKILL)
+        _kill_group(pid)
         server.wait(None)  # the server reaps it and reports the kill
     return returncode
 

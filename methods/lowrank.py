@@ -70,7 +70,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
     def full_update(self, grad: torch.Tensor, low_grad: torch.Tensor, direction: torch.Tensor, state: dict,
                     group: dict):
         """The full-size update (in the gradient's dtype) from the raw gradient, its projection and the subspace
-        Adam direction (fp32)."""
+        Adam direction."""
         return self.back((self.options.scale * direction).to(grad.dtype), state)
 
     # --- the shared loop --------------------------------------------------------------------------------------

@@ -117,3 +117,14 @@ def test_forked_jobs_get_the_launchers_environment_at_their_start(tmp_path, monk
     assert row_first["status"] == row_second["status"] == "ok" and row_first["launcher"] == "fork"
     assert (row_first["pytorch_cuda_alloc_conf"], row_second["pytorch_cuda_alloc_conf"]) == (
         "expandable_segments:True", "backend:native")
+
+
+def test_a_fork_server_that_dies_while_importing_falls_back_too(tmp_path, monkeypatch):
+    from harness import launch
+    from harness.config import plan
+    from harness.run import run_sweep
+
+    monkeypatch.setattr(launch.sys, "executable", "/bin/false")  # the server exits at once; spawned jobs need
+    monkeypatch.setattr(launch, "_wait_spawned", lambda job, log_path, env: 0)  # no interpreter here
+    rows = run_sweep(plan([*FAST, f"run.results_dir={tmp_path}"]), progress=False)
+    assert rows[0]["launcher"] == "spawn" and rows[0]["status"] == "error"  # spawned "job" wrote no result
