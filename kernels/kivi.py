@@ -145,13 +145,22 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
                         BLOCK_T: tl.constexpr):
     """One program per (batch · head, chunk of CHUNK tokens): online-softmax attention of one query over its chunk of
     the T quantized tokens; writes the chunk's output and log-sum-exp, merged afterwards (flash-decoding: at batch 1
-    there are only H heads, too few programs to fill the GPU without splitting the tokens)."""
+    there are only H heads, too few programs to fill the GPU without splitting the tokens).
+
+    Every packed byte is loaded once: a block of BLOCK_T tokens is indexed (i, s) for token start + PB·i + s (PB codes
+    per byte), so key bytes [i, d] unpack along s, and value bytes [i, s, j] unpack along c into channel PB·j + c."""
     bh = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
-    per_byte: tl.constexpr = 8 // BITS
+    PB: tl.constexpr = 8 // BITS
+    NB: tl.constexpr = BLOCK_T // PB
+    DP: tl.constexpr = D // PB
     mask_bits: tl.constexpr = (1 << BITS) - 1
     d = tl.arange(0, D)
+    i = tl.arange(0, NB)
+    slot = tl.arange(0, PB)
+    j = tl.arange(0, DP)
+    shifts = (slot * BITS).to(tl.uint8)
     q = tl.load(q_ptr + bh * D + d).to(tl.float32) * sm_scale
     kc_base = kc_ptr + bh * kc_bh  # per-(batch, head) strides: the buffers have spare capacity
     vc_base = vc_ptr + bh * vc_bh
@@ -161,35 +170,38 @@ def _kivi_decode_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, o
     first = split * CHUNK
     end = tl.minimum(first + CHUNK, T)
     for start in range(first, end, BLOCK_T):
-        t = start + tl.arange(0, BLOCK_T)
+        t = start + i[:, None] * PB + slot[None, :]  # [NB, PB]
         valid = t < end
         # keys: codes packed along tokens; one (scale, zero) row per group of G tokens, and a block never straddles
         # two groups (BLOCK_T divides G), so q·k = Σ_d (q_d s_d) c_td + Σ_d q_d z_d: dequantization folded into q
         group = start // G
         k_scale = tl.load(ks_ptr + bh * ks_bh + group * D + d).to(tl.float32)
         k_zero = tl.load(kz_ptr + bh * ks_bh + group * D + d).to(tl.float32)
-        k_byte = tl.load(kc_base + (t[:, None] // per_byte) * D + d[None, :], mask=valid[:, None], other=0)
-        k_code = (k_byte >> ((t[:, None] % per_byte) * BITS).to(tl.uint8)) & mask_bits
-        scores = tl.sum(k_code.to(tl.float32) * (q * k_scale)[None, :], axis=1) + tl.sum(q * k_zero, axis=0)
+        k_byte = tl.load(kc_base + (start // PB + i)[:, None] * D + d[None, :],
+                         mask=(start + i * PB < end)[:, None], other=0)  # [NB, D]
+        k_code = (k_byte[:, None, :] >> shifts[None, :, None]) & mask_bits  # [NB, PB, D]
+        scores = tl.sum(k_code.to(tl.float32) * (q * k_scale)[None, None, :], axis=2) + tl.sum(q * k_zero, axis=0)
         scores = tl.where(valid, scores, -float("inf"))
-        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+        new_max = tl.maximum(running_max, tl.max(tl.max(scores, axis=1), axis=0))
         correction = tl.exp(running_max - new_max)
-        p = tl.exp(scores - new_max)
-        running_sum = running_sum * correction + tl.sum(p, axis=0)
+        p = tl.exp(scores - new_max)  # [NB, PB]
+        running_sum = running_sum * correction + tl.sum(tl.sum(p, axis=1), axis=0)
         # values: codes packed along channels; (scale, zero) per (token, group of GV channels)
-        v_byte = tl.load(vc_base + t[:, None] * (D // per_byte) + d[None, :] // per_byte, mask=valid[:, None],
-                         other=0)
-        v_code = ((v_byte >> ((d[None, :] % per_byte) * BITS).to(tl.uint8)) & mask_bits).to(tl.float32)
+        v_byte = tl.load(vc_base + t[:, :, None] * DP + j[None, None, :], mask=valid[:, :, None], other=0)
+        v_code = ((v_byte[:, :, :, None] >> shifts[None, None, None, :]) & mask_bits).to(tl.float32)  # [NB,PB,DP,PB]
         if GV == D:  # one (scale, zero) per token: Σ_t p_t (s_t c_td + z_t) = Σ_t (p_t s_t) c_td + Σ_t p_t z_t
             v_scale = tl.load(vs_ptr + bh * vs_bh + t, mask=valid, other=0).to(tl.float32)
             v_zero = tl.load(vz_ptr + bh * vs_bh + t, mask=valid, other=0).to(tl.float32)
-            block_out = tl.sum((p * v_scale)[:, None] * v_code, axis=0) + tl.sum(p * v_zero, axis=0)
-        else:
-            v_scale = tl.load(vs_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
-                              other=0)
-            v_zero = tl.load(vz_ptr + bh * vs_bh + t[:, None] * (D // GV) + d[None, :] // GV, mask=valid[:, None],
-                             other=0)
-            block_out = tl.sum(p[:, None] * (v_code * v_scale.to(tl.float32) + v_zero.to(tl.float32)), axis=0)
+            weights = (p * v_scale)[:, :, None, None]
+            offset = tl.sum(tl.sum(p * v_zero, axis=1), axis=0)
+        else:  # channel PB·j + c lies in group j // (GV / PB): GV is a multiple of PB
+            where = t[:, :, None] * (D // GV) + j[None, None, :] // (GV // PB)
+            v_scale = tl.load(vs_ptr + bh * vs_bh + where, mask=valid[:, :, None], other=0).to(tl.float32)
+            v_zero = tl.load(vz_ptr + bh * vs_bh + where, mask=valid[:, :, None], other=0).to(tl.float32)
+            weights = (p[:, :, None] * v_scale)[:, :, :, None]
+            offset = tl.reshape(tl.broadcast_to(tl.sum(tl.sum(p[:, :, None] * v_zero, axis=1), axis=0)[:, None],
+                                                (DP, PB)), (D,))
+        block_out = tl.reshape(tl.sum(tl.sum(weights * v_code, axis=1), axis=0), (D,)) + offset  # channel PB·j + c
         acc = acc * correction + block_out
         running_max = new_max
     tl.store(out_ptr + (bh * n_splits + split) * D + d, acc / running_sum)
