@@ -10,8 +10,8 @@ from harness import PROJECT_ROOT
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_three_notebooks():
-    assert [p.stem for p in NOTEBOOKS] == ["01_overview", "02_pareto", "03_memory_breakdown"]
+def test_there_are_four_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == ["01_overview", "02_pareto", "03_memory_breakdown", "04_kernels"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
