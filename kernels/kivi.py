@@ -1,7 +1,8 @@
 """KIVI-style KV-cache quantization (Liu et al., "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache",
 ICML 2024): keys per-channel, values per-token, asymmetric b-bit codes (b = 2 or 4) with an fp16 scale and zero
-per group of G, the not-yet-full group of the most recent tokens kept in fp16 (the residual), and a decode
-attention kernel that dequantizes inside the score and value products.
+per group of G, the not-yet-full group of the most recent tokens kept in fp16 (the residual); a quantize kernel
+(one program per batch · head and group of G tokens: min/max, codes, packing) and a decode attention kernel that
+dequantizes inside the score and value products.
 
 Layout for one layer, B × H heads of dimension D, T_q quantized tokens (a multiple of G):
     keys   codes (B, H, T_q · b / 8, D) uint8, packed along tokens;  scale, zero (B, H, T_q / G, D) fp16
@@ -72,16 +73,30 @@ class KIVICache:
             # clone the remainder: a view would keep the whole appended chunk's storage alive
             gk, self.residual_k = self.residual_k[:, :, : self.group], self.residual_k[:, :, self.group:].clone()
             gv, self.residual_v = self.residual_v[:, :, : self.group], self.residual_v[:, :, self.group:].clone()
-            codes, scale, zero = quantize_groups(gk.float(), self.bits, dim=2)  # per channel over G tokens
-            parts = {"key_codes": pack(codes, self.bits, dim=2), "key_scale": scale, "key_zero": zero}
-            d = gv.shape[-1]
-            gv_groups = gv.float().reshape(*gv.shape[:-1], d // self.channel_group(d), self.channel_group(d))
-            codes, scale, zero = quantize_groups(gv_groups, self.bits, dim=-1)  # per token over G_v channels
-            parts.update(value_codes=pack(codes.reshape(gv.shape), self.bits, dim=3),
-                         value_scale=scale.squeeze(-1), value_zero=zero.squeeze(-1))
-            self._write(parts)
+            self._write(self._quantize(gk, gv))
             self.quantized_tokens += self.group
             self.views = None
+
+    def _quantize(self, gk: torch.Tensor, gv: torch.Tensor) -> dict:
+        """One group of G tokens (B, H, G, D) of keys and values → codes, scales and zeros (module docstring)."""
+        b, h, g, d = gk.shape
+        gv_width = self.channel_group(d)
+        if _triton_path(gk) and all(n & (n - 1) == 0 for n in (g, d, gv_width)):
+            per_byte = 8 // self.bits
+            parts = {"key_codes": gk.new_empty(b, h, g // per_byte, d, dtype=torch.uint8),
+                     "key_scale": gk.new_empty(b, h, 1, d), "key_zero": gk.new_empty(b, h, 1, d),
+                     "value_codes": gk.new_empty(b, h, g, d // per_byte, dtype=torch.uint8),
+                     "value_scale": gk.new_empty(b, h, g, d // gv_width), "value_zero": gk.new_empty(b, h, g, d // gv_width)}
+            _kivi_quantize_kernel[(b * h,)](gk, gv, *parts.values(), gk.stride(1), gv.stride(1), G=g, D=d, GV=gv_width,
+                                            BITS=self.bits, num_warps=8)
+            return parts
+        codes, scale, zero = quantize_groups(gk.float(), self.bits, dim=2)  # per channel over G tokens
+        parts = {"key_codes": pack(codes, self.bits, dim=2), "key_scale": scale, "key_zero": zero}
+        gv_groups = gv.float().reshape(b, h, g, d // gv_width, gv_width)
+        codes, scale, zero = quantize_groups(gv_groups, self.bits, dim=-1)  # per token over G_v channels
+        parts.update(value_codes=pack(codes.reshape(gv.shape), self.bits, dim=3),
+                     value_scale=scale.squeeze(-1), value_zero=zero.squeeze(-1))
+        return parts
 
     def channel_group(self, head_dim: int) -> int:
         return min(self.value_group, head_dim)
@@ -137,6 +152,64 @@ class KIVICache:
         keys.append(self.residual_k.float())
         values.append(self.residual_v.float())
         return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+
+def _triton_path(x: torch.Tensor) -> bool:
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _round_half_even(x):
+    """torch.round's rounding (ties to even) in Triton."""
+    r = tl.floor(x + 0.5)
+    odd = r - 2.0 * tl.floor(r * 0.5)
+    return tl.where((r - x == 0.5) & (odd == 1.0), r - 1.0, r)
+
+
+@triton.jit
+def _quantize_along(x, AXIS: tl.constexpr, LEVELS: tl.constexpr):
+    """Asymmetric quantization of x along AXIS (its last): (codes, scale, zero) as quantize_groups."""
+    low = tl.min(x, axis=AXIS)
+    scale = tl.maximum((tl.max(x, axis=AXIS) - low) / LEVELS, 1e-8)
+    codes = _round_half_even((x - tl.expand_dims(low, AXIS)) / tl.expand_dims(scale, AXIS))
+    return tl.minimum(tl.maximum(codes, 0.0), LEVELS).to(tl.int32), scale, low
+
+
+@triton.jit
+def _pack_last(codes, BITS: tl.constexpr):
+    """Pack 8/BITS consecutive codes of the last axis into one byte, lowest bits first (as pack)."""
+    PB: tl.constexpr = 8 // BITS
+    shape: tl.constexpr = codes.shape
+    grouped = tl.reshape(codes, (shape[0], shape[1] // PB, PB))
+    shifts = tl.arange(0, PB) * BITS
+    return tl.sum(grouped << shifts[None, None, :], axis=2).to(tl.uint8)
+
+
+@triton.jit
+def _kivi_quantize_kernel(k_ptr, v_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, k_bh, v_bh,
+                          G: tl.constexpr, D: tl.constexpr, GV: tl.constexpr, BITS: tl.constexpr):
+    """One program per (batch · head): quantize one group of G tokens of keys (per channel over the G tokens,
+    packed along tokens) and values (per token over groups of GV channels, packed along channels)."""
+    bh = tl.program_id(0).to(tl.int64)
+    PB: tl.constexpr = 8 // BITS
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    t = tl.arange(0, G)
+    d = tl.arange(0, D)
+    keys = tl.load(k_ptr + bh * k_bh + t[:, None] * D + d[None, :]).to(tl.float32)
+    codes, scale, zero = _quantize_along(tl.trans(keys), 1, LEVELS)  # [D, G]: channels as rows
+    packed = tl.trans(_pack_last(codes, BITS))  # [G / PB, D]
+    rows = tl.arange(0, G // PB)
+    tl.store(kc_ptr + bh * (G // PB) * D + rows[:, None] * D + d[None, :], packed)
+    tl.store(ks_ptr + bh * D + d, scale.to(tl.float16))
+    tl.store(kz_ptr + bh * D + d, zero.to(tl.float16))
+    values = tl.load(v_ptr + bh * v_bh + t[:, None] * D + d[None, :]).to(tl.float32)
+    codes, scale, zero = _quantize_along(tl.reshape(values, (G, D // GV, GV)), 2, LEVELS)
+    packed = _pack_last(tl.reshape(codes, (G, D)), BITS)  # [G, D / PB]
+    cols = tl.arange(0, D // PB)
+    tl.store(vc_ptr + bh * G * (D // PB) + t[:, None] * (D // PB) + cols[None, :], packed)
+    groups = tl.arange(0, D // GV)
+    tl.store(vs_ptr + bh * G * (D // GV) + t[:, None] * (D // GV) + groups[None, :], scale.to(tl.float16))
+    tl.store(vz_ptr + bh * G * (D // GV) + t[:, None] * (D // GV) + groups[None, :], zero.to(tl.float16))
 
 
 @triton.jit
@@ -237,7 +310,7 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache, block_tokens: int =
     block_tokens (a power of two) and num_warps shape the Triton decode kernel's programs."""
     d = q.shape[-1]
     powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d), block_tokens))
-    if powers_of_two and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if powers_of_two and _triton_path(q):
         return _decode_triton(q.contiguous(), cache, d**-0.5, min(block_tokens, cache.group), num_warps)
     return _decode_torch(q, cache, d**-0.5)
 

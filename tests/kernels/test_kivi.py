@@ -112,3 +112,22 @@ def test_decode_kernel_shape_does_not_change_the_result(block_tokens, num_warps)
     q = torch.randn(1, 2, 32, generator=gen).to(DEVICE)
     torch.testing.assert_close(kivi_decode_attention(q, cache, block_tokens=block_tokens, num_warps=num_warps),
                                kivi_decode_attention(q, cache), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits,value_group", [(2, 32), (4, 16), (2, 8)])
+def test_quantize_kernel_equals_the_torch_path(bits, value_group, monkeypatch):
+    from kernels import kivi
+
+    gen = torch.Generator().manual_seed(bits * value_group)
+    gk = (torch.randn(2, 3, 32, 32, generator=gen) * 2).half()
+    gv = (torch.randn(2, 3, 32, 32, generator=gen) * 2).half()
+    gk[0, 0, :, 5] = 1.5  # a constant channel: zero range, the scale's floor
+    gv[1, 2, 4] = -0.25  # a constant token
+    cache = KIVICache(bits=bits, group=32, value_group=value_group)
+    kernel = cache._quantize(gk.to(DEVICE), gv.to(DEVICE))
+    monkeypatch.setattr(kivi, "_triton_path", lambda x: False)
+    plain = cache._quantize(gk, gv)
+    assert set(kernel) == set(plain)
+    for name, part in plain.items():
+        assert kernel[name].shape == part.shape and kernel[name].dtype == part.dtype, name
+        torch.testing.assert_close(kernel[name].cpu(), part, rtol=0, atol=0, msg=name)
