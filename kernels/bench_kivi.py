@@ -1,8 +1,7 @@
 """Benchmark: KIVI 2-/4-bit KV cache against the bf16 cache at decode (one query token, batch 1): cache bytes
 (codes + scales + zeros + fp16 residual) over bf16 bytes, the time to quantize the whole prompt's cache, and
-decode-attention time (median of repeats) of our
-dequantize-fused kernels (chunks of tokens, then one merge with the fp16 residual) against torch's
-scaled_dot_product_attention over the bf16 cache, in one run — eager (host launch overhead included) and replayed
+decode-attention time (median of repeats) of our dequantize-fused kernels (chunks of tokens, then one merge with
+the fp16 residual) against torch's scaled_dot_product_attention over the bf16 cache, in one run — eager (host launch overhead included) and replayed
 from a CUDA graph (the GPU's time alone); on CUDA also the 2-bit decode at other tokens-per-step and warps of the
 kernel (rows kivi_2bit_t<tokens>_w<warps>), to choose its defaults.
 
