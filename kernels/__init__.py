@@ -1,3 +1,9 @@
 """Triton kernels. Each is a trio sharing one name: kernels/<k>.py (kernel + autograd Function / functional),
 tests/kernels/test_<k>.py (plain-PyTorch reference, odd shapes, per-dtype tolerances; runs on CPU with
 TRITON_INTERPRET=1), kernels/bench_<k>.py (benchmark writing result rows)."""
+import os
+
+
+def triton_runs_on(x) -> bool:
+    """Whether a Triton kernel can take tensor x: on CUDA, or anywhere under the interpreter (TRITON_INTERPRET=1)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"

@@ -19,11 +19,11 @@ softmax gradient is below bf16 resolution), which changes the gradient.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels import triton_runs_on
 
 MIN_FULL_ROWS = 512  # below this many whole rows per tile, slice the vocabulary instead (matmul efficiency)
 TILE_ROWS = 1024  # tokens per tile when the vocabulary is sliced
@@ -75,14 +75,10 @@ def _tile_grad_kernel(z_ptr, cols, y_ptr, lse_ptr, col_offset, vocab, ignore_ind
         tl.store(z_row + col, (grad * scale).to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def _use_triton(z: torch.Tensor) -> bool:
-    return z.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_offset: int) -> None:
     """stats (4 × rows, fp32): running max, sum of exp, target logit, logit sum; updated with the tile z."""
     rows, cols = z.shape
-    if _use_triton(z):
+    if triton_runs_on(z):
         _tile_stats_kernel[(rows,)](z, cols, targets, stats, rows, col_offset,
                                     BLOCK_V=min(4096, triton.next_power_of_2(cols)))
         return
@@ -100,7 +96,7 @@ def tile_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, col_off
               ignore_index: int, smoothing: float, grad_scale: float) -> None:
     """Overwrite the tile z with grad_scale · dℓ/dz."""
     rows, cols = z.shape
-    if _use_triton(z):
+    if triton_runs_on(z):
         _tile_grad_kernel[(rows,)](z, cols, targets, lse, col_offset, vocab, ignore_index, smoothing, grad_scale,
                                    BLOCK_V=min(4096, triton.next_power_of_2(cols)))
         return

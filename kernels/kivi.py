@@ -12,12 +12,13 @@ so |x − x̂| ≤ s / 2. Bytes per element: b/8 + 4/G (keys) and b/8 + 4/G_v (v
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels import triton_runs_on
 
 
 def quantize_groups(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +82,7 @@ class KIVICache:
         """One group of G tokens (B, H, G, D) of keys and values → codes, scales and zeros (module docstring)."""
         b, h, g, d = gk.shape
         gv_width = self.channel_group(d)
-        if _triton_path(gk) and all(n & (n - 1) == 0 for n in (g, d, gv_width)):
+        if triton_runs_on(gk) and all(n & (n - 1) == 0 for n in (g, d, gv_width)):
             per_byte = 8 // self.bits
             parts = {"key_codes": gk.new_empty(b, h, g // per_byte, d, dtype=torch.uint8),
                      "key_scale": gk.new_empty(b, h, 1, d), "key_zero": gk.new_empty(b, h, 1, d),
@@ -152,10 +153,6 @@ class KIVICache:
         keys.append(self.residual_k.float())
         values.append(self.residual_v.float())
         return torch.cat(keys, dim=2), torch.cat(values, dim=2)
-
-
-def _triton_path(x: torch.Tensor) -> bool:
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -310,7 +307,7 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache, block_tokens: int =
     block_tokens (a power of two) and num_warps shape the Triton decode kernel's programs."""
     d = q.shape[-1]
     powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d), block_tokens))
-    if powers_of_two and _triton_path(q):
+    if powers_of_two and triton_runs_on(q):
         return _decode_triton(q.contiguous(), cache, d**-0.5, min(block_tokens, cache.group), num_warps)
     return _decode_torch(q, cache, d**-0.5)
 
