@@ -55,13 +55,18 @@ def _die_with_parent() -> None:
         pass
 
 
+def _with_project_path(env: dict) -> dict:
+    """env with the project on PYTHONPATH, for a child interpreter started from any working directory."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 class Zygote:
     """The launcher's side of the fork server (harness/zygote.py): one per sweep, started on first use."""
 
     def __init__(self, log_path, ready_timeout_s: float = 600.0):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "harness.zygote"], cwd=PROJECT_ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "harness.zygote"], cwd=PROJECT_ROOT,
+                                         env=_with_project_path(dict(os.environ)),
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                          start_new_session=True, preexec_fn=_die_with_parent)
         self.buffer = b""
@@ -152,21 +157,18 @@ def _wait_forked(job: Job, log_path, env: dict) -> int | None:
 
 def _wait_spawned(job: Job, log_path, env: dict) -> int | None:
     """Run the job in a fresh interpreter; its exit code, or None after a timeout (group killed)."""
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=env, preexec_fn=_die_with_parent)
+                                env=_with_project_path(env), preexec_fn=_die_with_parent)
         try:
             return proc.wait(timeout=job.spec.run.timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             return None
-        except BaseException:  # Ctrl-C or a kill of the parent: take the child down, write no row
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+        finally:  # after a timeout, Ctrl-C or a kill of the parent: take the child down (no row for the latter)
+            if proc.poll() is None:
+                _kill_group(proc.pid)
+                proc.wait()
 
 
 def _config_columns(job: Job) -> dict:
