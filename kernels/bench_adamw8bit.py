@@ -16,7 +16,7 @@ import yaml
 from harness import CONF_DIR
 from harness.probes import optimizer_state_tensors, storage_bytes
 from kernels.benchmark import print_table, time_ms, write_rows
-from methods.adamw8bit import AdamW8bit, init_state
+from methods.adamw8bit import AdamW8bit
 
 
 def llama_shapes(model: str) -> list[tuple[int, ...]]:
@@ -43,27 +43,6 @@ def _reference_optimizers() -> dict:
     return out
 
 
-class KernelShape(AdamW8bit):
-    """Our 8-bit AdamW with the kernel's blocks per program and warps set."""
-
-    def __init__(self, params, rows: int, num_warps: int):
-        super().__init__(params, lr=1e-4)
-        self.shape = {"rows": rows, "num_warps": num_warps}
-
-    @torch.no_grad()
-    def step(self):
-        from kernels.adamw8bit import adamw8bit_step
-
-        group = self.param_groups[0]
-        for p in group["params"]:
-            state = self.state[p]
-            if not state:
-                state.update(init_state(p, self.block_size))
-            state["step"] += 1
-            adamw8bit_step(p, p.grad, state, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
-                           state["step"], block=self.block_size, **self.shape)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama_1b")
@@ -77,7 +56,8 @@ def main(argv=None) -> None:
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
                 "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
     if device.type == "cuda":  # the kernel at other blocks per program × warps (default 1 × 4), to choose them
-        variants.update({f"ours_kernel_r{rows}_w{warps}": partial(KernelShape, rows=rows, num_warps=warps)
+        variants.update({f"ours_kernel_r{rows}_w{warps}": partial(AdamW8bit, lr=1e-4,
+                                                                  kernel_shape={"rows": rows, "num_warps": warps})
                          for rows in (1, 2, 4) for warps in (1, 2, 4, 8) if (rows, warps) != (1, 4)})
     rows = []
     for name, factory in variants.items():
