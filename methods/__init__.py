@@ -132,8 +132,8 @@ def check_method(method, device: str, model_spec) -> None:
     if "int8_weights" in method.transforms and method.loop not in ("standard", "layerwise"):
         raise ConfigError(f"int8_weights updates weights inside backward; method.loop={method.loop} has none "
                           "(allowed: standard, layerwise)")
-    needs_loop = getattr(module, "LOOP", None)
-    if (needs_loop or "standard") != method.loop and (needs_loop or method.loop == "zeroth_order"):
+    needs_loop = getattr(module, "LOOP", None)  # zeroth-order optimizers need their loop; others any but that one
+    if method.loop != needs_loop if needs_loop else method.loop == "zeroth_order":
         raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "
                           f"it needs method.loop={needs_loop or 'standard or layerwise'}")
     for part in parts:
