@@ -20,12 +20,22 @@ import traceback
 def _preload() -> None:
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # is_available() through NVML: no CUDA driver state to fork
     import torch
-    import transformers  # noqa: F401
-    from transformers import LlamaForCausalLM  # noqa: F401  (the lazy module imports its heavy parts here)
+    import torch._inductor.config as inductor_config
+    import torch.utils._triton
 
-    import harness.worker  # noqa: F401
-    import methods  # noqa: F401
+    # transformers imports torchao where it is installed, whose import asks has_triton(), which reads the device's
+    # compute capability and so initializes CUDA (seen on the H100 host). Answer "no" during the imports (only
+    # torchao's import-time mx-format kernels depend on it; unused here), then forget the answer for the jobs.
+    inductor_config.triton_disable_device_detection = True
+    try:
+        import transformers  # noqa: F401
+        from transformers import LlamaForCausalLM  # noqa: F401  (the lazy module imports its heavy parts here)
 
+        import harness.worker  # noqa: F401
+        import methods  # noqa: F401
+    finally:
+        inductor_config.triton_disable_device_detection = False
+        torch.utils._triton.has_triton.cache_clear()
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialized while preloading; a forked job could not use it")
     if torch.cuda.is_available():  # a library may have initialized the driver behind torch's back: try it

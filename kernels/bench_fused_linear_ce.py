@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.benchmark import peak_bytes, print_table, time_ms, write_rows
-from kernels.fused_linear_ce import fused_linear_cross_entropy
+from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
 from methods.fused_ce import BUDGET
 
 
@@ -24,10 +24,17 @@ def plain(h, w, y):
     return F.cross_entropy((h @ w.T).float(), y, ignore_index=-100)
 
 
+def memory_tile(h, w, y, rows):
+    """Memory mode with `rows` tokens per tile (the default is TILE_ROWS) at the same tile budget."""
+    tile = tile_shape(h.shape[0], w.shape[0], w.shape[1], BUDGET["memory"], h.element_size(), tile_rows=rows)
+    return fused_linear_cross_entropy(h, w, y, tile=tile)
+
+
 def variants(device: torch.device) -> dict:
     out = {"eager": plain, **{f"ours_{mode}": partial(fused_linear_cross_entropy, budget_fraction=fraction)
                               for mode, fraction in BUDGET.items()}}
     if device.type == "cuda":
+        out |= {f"ours_memory_r{rows}": partial(memory_tile, rows=rows) for rows in (1024, 4096)}
         out["torch_compile"] = torch.compile(plain)
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss

@@ -5,7 +5,8 @@ as the unfused graph has them; every reduction below is in fp32), into one reuse
   pass 1, per vocabulary tile: z = h_R W_Cᵀ; a Triton program per row merges the tile into the row's running
           max, sum of exp, target logit and logit sum (online log-sum-exp), so after the last tile
               ℓ = lse − (1 − ε) z_y − ε · mean(z)          (ε = label smoothing; rows with y = ignore_index give 0)
-  pass 2, per vocabulary tile: z again (a fourth matmul), overwritten in place by
+  pass 2, per vocabulary tile, last first: z again (a fourth matmul; not for the last tile, still in the buffer),
+          overwritten in place by
               dz = (softmax(z) − (1 − ε) onehot(y) − ε / V) / n_valid,
           then dH_R += dz W_C and dW_C += dzᵀ h_R (accumulated in the gradients' own storage: no fp32 copies).
 When a tile holds whole rows (C = V) pass 2 reuses pass 1's logits: three matmuls, like the unfused graph.
@@ -13,9 +14,9 @@ The gradients are produced in the forward pass and scaled by the incoming gradie
 terminal). Memory beyond the two gradients: the R × C tile plus four floats per row.
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
-fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.5 % (tiles of 1024 tokens × a slice of the
-vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Not done: CCE's gradient filtering (skipping vocabulary tiles whose
-softmax gradient is below bf16 resolution), which changes the gradient.
+fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.5 % (tiles of 2048 tokens × a slice of the
+vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Not done: CCE's gradient filtering
+(skipping vocabulary tiles whose softmax gradient is below bf16 resolution), which changes the gradient.
 """
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ import triton.language as tl
 from kernels import triton_runs_on
 
 MIN_FULL_ROWS = 512  # below this many whole rows per tile, slice the vocabulary instead (matmul efficiency)
-TILE_ROWS = 1024  # tokens per tile when the vocabulary is sliced
-MIN_TILE_COLS = 256
+# tokens per tile when the vocabulary is sliced: every row tile re-reads and re-writes all of dW, every vocabulary
+# slice all of dH_R, so the tile is cut about evenly between the two (bench_fused_linear_ce times 1024 / 2048 / 4096)
+TILE_ROWS = 2048
+COLS_ALIGN = 128  # sliced tiles' columns: a multiple, so cuBLAS sees aligned leading dimensions and slice starts
 
 
 @triton.jit
@@ -107,14 +110,17 @@ def tile_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, col_off
     z.copy_(grad.mul_(torch.where(targets != ignore_index, grad_scale, 0.0)[:, None]))
 
 
-def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, itemsize: int) -> tuple[int, int]:
-    """(rows, cols) of the logits tile so that its bytes stay within budget_fraction of the gradients' bytes."""
+def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, itemsize: int,
+               tile_rows: int = TILE_ROWS) -> tuple[int, int]:
+    """(rows, cols) of the logits tile so that its bytes stay within budget_fraction of the gradients' bytes;
+    whole rows where at least MIN_FULL_ROWS fit, else tile_rows tokens × a vocabulary slice."""
     elements = int(budget_fraction * (n_tokens + vocab) * hidden * 2) // itemsize
     full_rows = elements // vocab
     if full_rows >= min(MIN_FULL_ROWS, n_tokens):
         return min(full_rows, n_tokens), vocab
-    rows = min(n_tokens, TILE_ROWS)
-    return rows, min(vocab, max(MIN_TILE_COLS, elements // rows))  # tiny problems exceed the budget, not crawl
+    rows = min(n_tokens, tile_rows)
+    cols = max(COLS_ALIGN, elements // rows // COLS_ALIGN * COLS_ALIGN)  # tiny problems exceed the budget, not crawl
+    return rows, min(vocab, cols)
 
 
 class _FusedLinearCE(torch.autograd.Function):
@@ -127,7 +133,6 @@ class _FusedLinearCE(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight) if need_grad else None
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
         total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-        whole_rows = cols >= vocab
         for r0 in range(0, n_tokens, rows):
             h, y = hidden[r0:r0 + rows], targets[r0:r0 + rows]
             stats = torch.zeros(4, h.shape[0], dtype=total.dtype, device=hidden.device)
@@ -141,10 +146,11 @@ class _FusedLinearCE(torch.autograd.Function):
             total += torch.where(y != ignore_index, losses, 0.0).sum()
             if not need_grad:
                 continue
-            for c0 in range(0, vocab, cols):
+            last = range(0, vocab, cols)[-1]
+            for c0 in reversed(range(0, vocab, cols)):  # from the slice whose logits pass 1 left in the tile
                 w = weight[c0:c0 + cols]
                 z = tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
-                if not whole_rows:  # pass 1 left only the last tile's logits
+                if c0 != last:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, lse, c0, vocab, ignore_index, smoothing, 1.0 / n_valid)
                 grad_hidden[r0:r0 + rows].addmm_(z, w)

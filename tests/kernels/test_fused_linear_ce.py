@@ -66,6 +66,7 @@ def test_tile_budget(budget, whole_rows):
     rows, cols = tile_shape(8192, 128256, 4096, budget, itemsize=2)
     assert rows * cols * 2 <= budget * (8192 + 128256) * 4096 * 2 and rows >= 512
     assert (cols == 128256) == whole_rows
+    assert whole_rows or cols % 128 == 0  # aligned leading dimension for cuBLAS
 
 
 def test_plain_torch_path_matches_the_kernels():
