@@ -167,8 +167,10 @@ def _round_half_even(x):
 def _quantize_along(x, AXIS: tl.constexpr, LEVELS: tl.constexpr):
     """Asymmetric quantization of x along AXIS (its last): (codes, scale, zero) as quantize_groups."""
     low = tl.min(x, axis=AXIS)
-    scale = tl.maximum((tl.max(x, axis=AXIS) - low) / LEVELS, 1e-8)
-    codes = _round_half_even((x - tl.expand_dims(low, AXIS)) / tl.expand_dims(scale, AXIS))
+    # IEEE-rounded divisions (div_rn) as torch's: Triton's `/` is an approximate division on the GPU, whose last
+    # bit moved codes at rounding ties (caught on the H100 by the byte-exact test)
+    scale = tl.maximum(tl.math.div_rn(tl.max(x, axis=AXIS) - low, tl.full(low.shape, LEVELS, tl.float32)), 1e-8)
+    codes = _round_half_even(tl.math.div_rn(x - tl.expand_dims(low, AXIS), tl.expand_dims(scale, AXIS)))
     return tl.minimum(tl.maximum(codes, 0.0), LEVELS).to(tl.int32), scale, low
 
 
@@ -302,9 +304,10 @@ def _kivi_merge_kernel(q_ptr, part_out_ptr, part_lse_ptr, rk_ptr, rv_ptr, out_pt
 
 
 def kivi_decode_attention(q: torch.Tensor, cache: KIVICache, block_tokens: int = 64,
-                          num_warps: int = 4) -> torch.Tensor:
+                          num_warps: int = 2) -> torch.Tensor:
     """softmax(q Kᵀ / √D) V for one new query per (batch, head) over the whole cache (quantized + residual).
-    block_tokens (a power of two) and num_warps shape the Triton decode kernel's programs."""
+    block_tokens (a power of two) and num_warps shape the Triton decode kernel's programs; the defaults were the
+    fastest of bench_kivi's grid on an H100 (results/h100/kernels/kivi.rows.jsonl)."""
     d = q.shape[-1]
     powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d), block_tokens))
     if powers_of_two and triton_runs_on(q):
