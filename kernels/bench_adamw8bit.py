@@ -55,10 +55,12 @@ def main(argv=None) -> None:
     n_params = sum(torch.Size(s).numel() for s in shapes)
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
                 "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
-    if device.type == "cuda":  # the kernel at other blocks per program × warps (default 1 × 4), to choose them
-        variants.update({f"ours_kernel_r{rows}_w{warps}": partial(AdamW8bit, lr=1e-4,
-                                                                  kernel_shape={"rows": rows, "num_warps": warps})
-                         for rows in (1, 2, 4) for warps in (1, 2, 4, 8) if (rows, warps) != (1, 4)})
+    if device.type == "cuda":  # the kernel's other options (default: table, 1 block per program, 4 warps)
+        grid = [(nearest, rows, warps) for nearest in ("table", "binary") for rows, warps in
+                ((1, 1), (1, 2), (1, 4), (1, 8), (2, 2), (2, 4), (4, 4))]
+        variants.update({f"ours_kernel_{nearest}_r{rows}_w{warps}": partial(
+            AdamW8bit, lr=1e-4, kernel_options={"rows": rows, "num_warps": warps, "nearest": nearest})
+            for nearest, rows, warps in grid if (nearest, rows, warps) != ("table", 1, 4)})
     rows = []
     for name, factory in variants.items():
         row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,

@@ -36,7 +36,7 @@ def init_state(p: torch.Tensor, block_size: int) -> dict:
 
 
 def step_params(params: list[torch.Tensor], states: list[dict], group: dict, block_size: int,
-                kernel: bool = True, kernel_shape: dict | None = None) -> None:
+                kernel: bool = True, kernel_options: dict | None = None) -> None:
     """One 8-bit AdamW update of each parameter from its .grad (also used by 8-bit GaLore for its full-rank
     parameters); on CUDA through the fused kernel, one launch per parameter."""
     hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
@@ -44,18 +44,18 @@ def step_params(params: list[torch.Tensor], states: list[dict], group: dict, blo
         if not state:
             state.update(init_state(p, block_size))
         state["step"] += 1
-        step_tensor(p, p.grad, state, *hyper, state["step"], block_size, kernel, kernel_shape)
+        step_tensor(p, p.grad, state, *hyper, state["step"], block_size, kernel, kernel_options)
 
 
 def step_tensor(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size, kernel=True,
-                kernel_shape: dict | None = None) -> None:
-    """One 8-bit AdamW update of tensor p in place from grad, with the 8-bit moments in `state`; kernel_shape
-    (rows, num_warps) is passed to the kernel's launch."""
+                kernel_options: dict | None = None) -> None:
+    """One 8-bit AdamW update of tensor p in place from grad, with the 8-bit moments in `state`; kernel_options
+    (rows, num_warps, nearest) is passed to the kernel's launch."""
     if kernel and p.is_cuda:
         from kernels.adamw8bit import adamw8bit_step
 
         adamw8bit_step(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block=block_size,
-                       **(kernel_shape or {}))
+                       **(kernel_options or {}))
     else:
         _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size=block_size)
 
@@ -76,11 +76,11 @@ def _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block
 
 class AdamW8bit(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, block_size=BLOCK,
-                 kernel=True, kernel_shape: dict | None = None):
+                 kernel=True, kernel_options: dict | None = None):
         if block_size < 1:
             raise ValueError(f"block_size={block_size} must be >= 1")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self.block_size, self.kernel, self.kernel_shape = block_size, kernel, kernel_shape
+        self.block_size, self.kernel, self.kernel_options = block_size, kernel, kernel_options
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -88,7 +88,7 @@ class AdamW8bit(torch.optim.Optimizer):
         for group in self.param_groups:
             with_grad = [p for p in group["params"] if p.grad is not None]
             step_params(with_grad, [self.state[p] for p in with_grad], group, self.block_size, self.kernel,
-                        self.kernel_shape)
+                        self.kernel_options)
         return loss
 
 

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.adamw8bit import _nearest_code, adamw8bit_step
+from kernels.adamw8bit import _nearest_code, _nearest_code_table, _tables, adamw8bit_step
 from methods.adamw8bit import _step_torch, init_state
 from methods.quant import dynamic_map, midpoints
 
@@ -18,10 +18,14 @@ def reference_step(p, g, state, lr, b1, b2, eps, wd, step, block):
 
 
 @triton.jit
-def nearest(y_ptr, out_ptr, mid_ptr, n, B: tl.constexpr):
+def nearest(y_ptr, out_ptr, mid_ptr, guess_ptr, n, B: tl.constexpr, BY_TABLE: tl.constexpr):
     offs = tl.program_id(0) * B + tl.arange(0, B)
     mask = offs < n
-    tl.store(out_ptr + offs, _nearest_code(tl.load(y_ptr + offs, mask=mask, other=0.0), mid_ptr), mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0)
+    if BY_TABLE:
+        tl.store(out_ptr + offs, _nearest_code_table(y, guess_ptr, mid_ptr), mask=mask)
+    else:
+        tl.store(out_ptr + offs, _nearest_code(y, mid_ptr), mask=mask)
 
 
 def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -31,8 +35,10 @@ def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n,block,rows", [(1000, 256, 1), (77, 32, 1), (4096 + 3, 256, 1), (1000, 64, 4), (77, 16, 8)])
-def test_kernel_matches_plain_torch(dtype, n, block, rows):
+@pytest.mark.parametrize("n,block,rows,nearest", [(1000, 256, 1, "table"), (77, 32, 1, "binary"),
+                                                  (4096 + 3, 256, 1, "table"), (1000, 64, 4, "binary"),
+                                                  (77, 16, 8, "table")])
+def test_kernel_matches_plain_torch(dtype, n, block, rows, nearest):
     gen = torch.Generator().manual_seed(n)
     theta = torch.randn(n, generator=gen).to(dtype).to(DEVICE)
     grads = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for _ in range(3)]
@@ -41,7 +47,8 @@ def test_kernel_matches_plain_torch(dtype, n, block, rows):
     p_kernel, p_ref = theta.clone(), theta.clone()
     for step, g in enumerate(grads, start=1):
         args = (1e-2, 0.9, 0.999, 1e-8, 0.01, float(step))
-        adamw8bit_step(p_kernel, g, state_kernel, *args, block=block, rows=rows, num_warps=2 if rows > 1 else 4)
+        adamw8bit_step(p_kernel, g, state_kernel, *args, block=block, rows=rows, num_warps=2 if rows > 1 else 4,
+                       nearest=nearest)
         reference_step(p_ref, g, state_ref, *args, block)
         if dtype == torch.float32:
             torch.testing.assert_close(p_kernel, p_ref, rtol=1e-6, atol=1e-6)
@@ -74,19 +81,22 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     assert ours["status"] == "ok" and 2.0 < ours["state_bytes_per_param"] <= 2.05
 
 
+@pytest.mark.parametrize("by_table", [True, False])
 @pytest.mark.parametrize("signed", [True, False])
-def test_nearest_code_equals_bucketize(signed):
-    """The kernel's search for the nearest code is exact: the critical values are the midpoints (and their float
-    neighbours) and the decade edges, all included."""
+def test_nearest_code_equals_bucketize(signed, by_table):
+    """Both of the kernel's searches for the nearest code are exact: the critical values are the midpoints (and their
+    float neighbours), the decade edges and the table's bucket edges (powers of two), all included."""
     mid = midpoints(dynamic_map(signed)).contiguous()
-    edges = torch.tensor([10.0**e for e in range(-8, 1)])
+    _, _, *mids_and_guesses = _tables(torch.device(DEVICE))
+    mid_padded, guess = mids_and_guesses[0 if signed else 1], mids_and_guesses[2 if signed else 3]
+    edges = torch.tensor([10.0**e for e in range(-8, 1)] + [2.0**e for e in range(-30, 1)] + [0.0, 1.0 + 2**-8])
     y = torch.cat([torch.linspace(0, 1, 20001), torch.logspace(-9, 0, 20001), mid, edges,
                    torch.nextafter(mid, torch.tensor(2.0)), torch.nextafter(mid, torch.tensor(-2.0)),
                    torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-2.0))]).float()
-    y = y[(y >= 0) & (y <= 1)]
+    y = y[(y >= 0) & (y <= 1 + 2**-8)]
     if signed:
         y = torch.cat([y, -y])
     y = y.contiguous().to(DEVICE)
     out = torch.empty(y.numel(), dtype=torch.int32, device=DEVICE)
-    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid.to(DEVICE), y.numel(), B=1024)
+    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid_padded, guess, y.numel(), B=1024, BY_TABLE=by_table)
     torch.testing.assert_close(out.long(), torch.bucketize(y, mid.to(DEVICE)), rtol=0, atol=0)
