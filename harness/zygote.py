@@ -10,11 +10,33 @@ rc as subprocess reports it (negative: killed by that signal). The launcher side
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import traceback
+
+
+@contextlib.contextmanager
+def _cuda_init_caller(torch):
+    """Yields a list that receives the Python stack of the first CUDA initialization inside the block."""
+    original, callers = torch.cuda._lazy_init, []
+
+    def recording():
+        if not torch.cuda.is_initialized() and not callers:
+            callers.append("".join(traceback.format_stack(limit=20)[:-1]))
+        original()
+
+    holders = [m for name, m in sys.modules.items() if name.startswith("torch.cuda") and m is not None
+               and getattr(m, "_lazy_init", None) is original]
+    for module in holders:
+        module._lazy_init = recording
+    try:
+        yield callers
+    finally:
+        for module in holders:
+            module._lazy_init = original
 
 
 def _preload() -> None:
@@ -28,16 +50,18 @@ def _preload() -> None:
     # torchao's import-time mx-format kernels depend on it; unused here), then forget the answer for the jobs.
     inductor_config.triton_disable_device_detection = True
     try:
-        import transformers  # noqa: F401
-        from transformers import LlamaForCausalLM  # noqa: F401  (the lazy module imports its heavy parts here)
+        with _cuda_init_caller(torch) as callers:
+            import transformers  # noqa: F401
+            from transformers import LlamaForCausalLM  # noqa: F401  (the lazy module imports its heavy parts here)
 
-        import harness.worker  # noqa: F401
-        import methods  # noqa: F401
+            import harness.worker  # noqa: F401
+            import methods  # noqa: F401
     finally:
         inductor_config.triton_disable_device_detection = False
         torch.utils._triton.has_triton.cache_clear()
     if torch.cuda.is_initialized():
-        raise RuntimeError("CUDA was initialized while preloading; a forked job could not use it")
+        raise RuntimeError("CUDA was initialized while preloading; a forked job could not use it. First caller:\n"
+                           + (callers[0] if callers else "(not through torch.cuda._lazy_init)"))
     if torch.cuda.is_available():  # a library may have initialized the driver behind torch's back: try it
         pid = os.fork()
         if pid == 0:

@@ -95,8 +95,10 @@ def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_ab
     v = tl.where(mask, v, 0.0)
     m_absmax = tl.max(tl.abs(m), axis=1)
     v_absmax = tl.max(v, axis=1)
-    m_normalized = m / tl.maximum(m_absmax, 1e-38)[:, None]
-    v_normalized = v / tl.maximum(v_absmax, 1e-38)[:, None]
+    # the floor is float32's smallest normal: a smaller literal (1e-38 was here) is typed fp64 by Triton, and with it
+    # the division and everything after it
+    m_normalized = m / tl.maximum(m_absmax, 1.1754943508222875e-38)[:, None]
+    v_normalized = v / tl.maximum(v_absmax, 1.1754943508222875e-38)[:, None]
     if BY_TABLE:
         m_codes = _nearest_code_table(m_normalized, signed_guess_ptr, signed_mid_ptr)
         v_codes = _nearest_code_table(v_normalized, unsigned_guess_ptr, unsigned_mid_ptr)
