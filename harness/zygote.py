@@ -39,26 +39,49 @@ def _cuda_init_caller(torch):
             module._lazy_init = original
 
 
-def _preload() -> None:
-    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # is_available() through NVML: no CUDA driver state to fork
-    import torch
+def _nvml_capability(device=None) -> tuple[int, int]:
+    """torch.cuda.get_device_capability of the first visible GPU, read through NVML (no CUDA context)."""
+    import pynvml
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
+        return tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@contextlib.contextmanager
+def _device_queries_without_cuda(torch):
+    """Imports ask about the GPU (seen on the H100 host: transformers imports torchao, whose import-time kernel
+    choices call torch.cuda.get_device_capability() and torch's has_triton(), and both initialize CUDA). Inside
+    the block the capability comes from NVML and has_triton() skips its device check; afterwards both are as
+    before and has_triton() forgets its answer, so jobs see the real one."""
     import torch._inductor.config as inductor_config
     import torch.utils._triton
 
-    # transformers imports torchao where it is installed, whose import asks has_triton(), which reads the device's
-    # compute capability and so initializes CUDA (seen on the H100 host). Answer "no" during the imports (only
-    # torchao's import-time mx-format kernels depend on it; unused here), then forget the answer for the jobs.
+    capability = torch.cuda.get_device_capability
+    torch.cuda.get_device_capability = _nvml_capability
     inductor_config.triton_disable_device_detection = True
     try:
-        with _cuda_init_caller(torch) as callers:
-            import transformers  # noqa: F401
-            from transformers import LlamaForCausalLM  # noqa: F401  (the lazy module imports its heavy parts here)
-
-            import harness.worker  # noqa: F401
-            import methods  # noqa: F401
+        yield
     finally:
+        torch.cuda.get_device_capability = capability
         inductor_config.triton_disable_device_detection = False
         torch.utils._triton.has_triton.cache_clear()
+
+
+def _preload() -> None:
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # is_available() through NVML: no CUDA driver state to fork
+    import torch
+
+    with _device_queries_without_cuda(torch), _cuda_init_caller(torch) as callers:
+        import transformers  # noqa: F401
+        from transformers import LlamaForCausalLM  # noqa: F401  (the lazy module imports its heavy parts here)
+
+        import harness.worker  # noqa: F401
+        import methods  # noqa: F401
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialized while preloading; a forked job could not use it. First caller:\n"
                            + (callers[0] if callers else "(not through torch.cuda._lazy_init)"))

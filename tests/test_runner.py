@@ -128,3 +128,28 @@ def test_a_fork_server_that_dies_while_importing_falls_back_too(tmp_path, monkey
     monkeypatch.setattr(launch, "_wait_spawned", lambda job, log_path, env: 0)  # no interpreter here
     rows = run_sweep(plan([*FAST, f"run.results_dir={tmp_path}"]), progress=False)
     assert rows[0]["launcher"] == "spawn" and rows[0]["status"] == "error"  # spawned "job" wrote no result
+
+
+def test_the_fork_servers_imports_answer_device_queries_without_initializing_cuda(monkeypatch):
+    """On the H100 host torchao's import asked torch.cuda.get_device_capability() and has_triton(), which initialize
+    CUDA (and then no forked job could use it). Inside the server's import block both are answered without CUDA, and
+    restored afterwards."""
+    import torch
+    import torch._inductor.config as inductor_config
+    import torch.utils._triton
+
+    from harness import zygote
+
+    initialized = []
+    monkeypatch.setattr(torch.cuda, "_lazy_init", lambda: initialized.append(True))
+    monkeypatch.setattr(zygote, "_nvml_capability", lambda device=None: (9, 0))
+    original = torch.cuda.get_device_capability
+    torch.utils._triton.has_triton.cache_clear()
+    with zygote._device_queries_without_cuda(torch), zygote._cuda_init_caller(torch) as callers:
+        assert torch.cuda.get_device_capability() == (9, 0)
+        assert torch.utils._triton.has_triton() is False
+    assert torch.cuda.get_device_capability is original and not inductor_config.triton_disable_device_detection
+    assert torch.utils._triton.has_triton.cache_info().currsize == 0 and not initialized and not callers
+    with zygote._cuda_init_caller(torch) as callers:
+        torch.cuda._lazy_init()
+    assert initialized and "test_runner.py" in callers[0]  # the error message names the caller
