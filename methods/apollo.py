@@ -28,17 +28,25 @@ class Options(LowRankOptions):
     seed: int = 0
 
 
-def limit_growth(update: torch.Tensor, state: dict, key: str, gamma: float) -> torch.Tensor:
-    """Norm-growth limiter (APOLLO §3.3, Fira §4.2): the update's norm may grow by at most γ per step. On the device
-    (torch.where, no `if` on a tensor): a host synchronization per matrix per step would stall the GPU."""
-    norm = update.norm()
-    previous = state.get(key)
-    if previous is not None:
-        limit = gamma * previous
-        update = update * torch.where(norm > limit, limit / norm, 1.0).to(update.dtype)
-        norm = torch.minimum(norm, limit)
-    state[key] = norm
-    return update
+def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def limit_growth(updates: list[torch.Tensor], states: list[dict], key: str, gamma: float,
+                 norms: list[torch.Tensor] | None = None, scale: float = 1.0) -> None:
+    """Norm-growth limiter (APOLLO §3.3, Fira §4.2), in place on a list of updates: an update's norm may grow by at
+    most γ per step, U_t ← U_t · min(1, γ ‖U_{t−1}‖ / ‖U_t‖); then every update is multiplied by `scale`. `norms`
+    stand in for ‖U_t‖ where the updates hold a multiple of U_t. All matrices in a few foreach launches, on the
+    device (no `if` on a tensor: a host synchronization per matrix would stall the GPU)."""
+    norms = torch._foreach_norm(updates, dtype=float32_at_least(updates[0])) if norms is None else norms
+    previous = [s[key] if key in s else torch.full_like(n, float("inf")) for s, n in zip(states, norms, strict=True)]
+    limits = torch._foreach_mul(previous, gamma)
+    ratios = torch._foreach_div(limits, torch._foreach_clamp_min(norms, 1e-30))  # 0 / 0 (a zero update) gives 0
+    torch._foreach_clamp_max_(ratios, 1.0)
+    torch._foreach_mul_(ratios, scale)
+    for state, norm in zip(states, torch._foreach_minimum(norms, limits), strict=True):
+        state[key] = norm
+    torch._foreach_mul_(updates, ratios)
 
 
 class ApolloAdamW(ProjectedAdamW):
@@ -50,21 +58,52 @@ class ApolloAdamW(ProjectedAdamW):
         # Stored as the short side × r matrix; down/back use it as Pᵀ (left) or Q (right) like GaLore's.
         state["proj"] = torch.randn(short, self.options.rank, generator=gen, device=grad.device) / self.options.rank**0.5
 
-    def full_update(self, grad, low_grad, direction, state, group):
-        # As apollo-torch does: the scaling and the limiter see the direction without Adam's bias correction,
-        # which is applied to the final step instead (the limiter then ignores the bias correction's decay).
+    def scaling_factors(self, lows, directions, states) -> list[torch.Tensor]:
+        """s' = ‖R̃'‖ / ‖R‖ per channel (per matrix, tensor-wise), R̃' the bias-corrected direction, in the gradient's
+        dtype and shaped to broadcast against G. Matrices of one shape and side are stacked: the norms take a few
+        launches per shape for the whole model, not a few per matrix."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (low, state) in enumerate(zip(lows, states, strict=True)):
+            groups.setdefault((low.shape, state["side"]), []).append(i)
+        factors = [None] * len(lows)
+        for (_, side), members in groups.items():
+            # over the projected dimension: R's rows on the left (r × n), its columns on the right (m × r)
+            dims = (1, 2) if self.options.scaling == "tensor" else (1 if side == "left" else 2)
+            low_norms, direction_norms = (
+                torch.linalg.vector_norm(torch.stack([tensors[i] for i in members]), dim=dims,
+                                         dtype=float32_at_least(tensors[members[0]])) for tensors in (lows, directions))
+            stacked = (direction_norms / low_norms.clamp_(min=1e-12)).to(lows[members[0]].dtype)
+            for i, factor in zip(members, stacked, strict=True):
+                if self.options.scaling == "tensor":
+                    factors[i] = factor
+                else:
+                    factors[i] = factor.unsqueeze(0) if side == "left" else factor.unsqueeze(1)
+        return factors
+
+    def updates_in_place(self, grads, lows, directions, states, group) -> None:
+        """Turn each gradient into its update α · c · min(1, limiter) · G · s, s = s' / c (c = √(1−β2^t) / (1−β1^t)).
+        As apollo-torch does, s and the limiter see the direction without Adam's bias correction c, which is applied
+        to the final step instead; so G · s' is G · s · c, and c cancels but in the limiter's norms."""
+        for grad, factor in zip(grads, self.scaling_factors(lows, directions, states), strict=True):
+            grad.mul_(factor)
         beta1, beta2 = group["betas"]
-        correction = (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
-        uncorrected = direction / correction
-        channel_dim = 0 if state["side"] == "left" else 1  # norms over the projected dimension
-        if self.options.scaling == "tensor":
-            update = grad * (uncorrected.norm() / low_grad.float().norm().clamp(min=1e-12)).to(grad.dtype)
-        else:
-            factor = uncorrected.norm(dim=channel_dim) / low_grad.float().norm(dim=channel_dim).clamp(min=1e-12)
-            factor = factor.to(grad.dtype)
-            update = grad * (factor.unsqueeze(0) if channel_dim == 0 else factor.unsqueeze(1))
-        update = limit_growth(update, state, "prev_norm", self.options.growth_limit)
-        return self.options.scale * correction * update
+        norms = torch._foreach_norm(grads, dtype=float32_at_least(grads[0]))
+        torch._foreach_div_(norms, [(1 - beta2 ** s["step"]) ** 0.5 / (1 - beta1 ** s["step"]) for s in states])
+        limit_growth(grads, states, "prev_norm", self.options.growth_limit, norms, scale=self.options.scale)
+
+    def full_update(self, grad, low_grad, direction, state, group):
+        self.updates_in_place([grad], [low_grad], [direction], [state], group)
+        return grad
+
+    def apply_updates(self, params, lows, directions, states, group) -> None:
+        """All matrices at once: the updates are made in the gradients' storage, so none is allocated."""
+        if not params:  # a group of INT8 layers: they update from their own backward (attach_quantized)
+            return
+        grads = [p.grad for p in params]
+        self.updates_in_place(grads, lows, directions, states, group)
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        torch._foreach_add_(params, grads, alpha=-group["lr"])
 
 
 check = check_rank

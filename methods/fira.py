@@ -29,7 +29,7 @@ class FiraAdamW(GaLoreAdamW):
         residual = grad - self.back(low_grad, state)
         phi = phi.to(grad.dtype)
         residual = residual * (phi.unsqueeze(0) if channel_dim == 0 else phi.unsqueeze(1))
-        residual = limit_growth(residual, state, "prev_residual_norm", self.options.growth_limit)
+        limit_growth([residual], [state], "prev_residual_norm", self.options.growth_limit)
         return self.options.scale * (self.back(direction.to(grad.dtype), state) + residual)
 
 

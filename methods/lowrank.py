@@ -160,10 +160,13 @@ class ProjectedAdamW(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             states = [self.state[p] for p in params]
             lows = [self.project(p.grad, state) for p, state in zip(params, states, strict=True)]
-            directions = self.adam_directions(lows, states, group)
-            for p, state, low, direction in zip(params, states, lows, directions, strict=True):
-                update = self.full_update(p.grad, low, direction, state, group)
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])  # the update is in the parameter's dtype: no cast copy
+            self.apply_updates(params, lows, self.adam_directions(lows, states, group), states, group)
         return loss
+
+    def apply_updates(self, params, lows, directions, states, group) -> None:
+        """W ← W (1 − lr λ) − lr · update, one matrix at a time (one full-size update alive at once)."""
+        for p, state, low, direction in zip(params, states, lows, directions, strict=True):
+            update = self.full_update(p.grad, low, direction, state, group)
+            if group["weight_decay"]:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(update, alpha=-group["lr"])  # the update is in the parameter's dtype: no cast copy

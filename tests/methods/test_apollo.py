@@ -94,3 +94,28 @@ def test_apollo_matches_apollo_torch_with_the_same_projection(scaling, scale, ra
         opt_theirs.step()
     # fp32, 25 steps; eps sits at a different place (theirs: √v + ε before bias correction; +1e-8 on norms)
     torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("module", [apollo, apollo_mini])
+def test_a_step_over_many_matrices_equals_one_matrix_at_a_time(module):
+    """The step stacks matrices of one shape and side for their norms and limits them all in foreach launches:
+    the same result as each matrix alone (its projection's seed depends on its shape and step, not its place)."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(7, 12), (7, 12), (12, 7), (9, 12), (7, 12)]
+    w0 = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) * (1 + t) for s in shapes] for t in range(6)]
+    options = parse(module.Options, {"lr": 0.01, "update_gap": 3, "rank": 3, "weight_decay": 0.1}, "m")
+    together = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = module.build([(f"layers.{i}.self_attn.q.weight", w) for i, w in enumerate(together)], options,
+                       torch.device("cpu"))
+    alone = [torch.nn.Parameter(w.clone()) for w in w0]
+    opts = [module.build([("self_attn.q.weight", w)], options, torch.device("cpu")) for w in alone]
+    for step_grads in grads:
+        for w, g in zip(together, step_grads):
+            w.grad = g.clone()
+        opt.step()
+        for w, o, g in zip(alone, opts, step_grads):
+            w.grad = g.clone()
+            o.step()
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
