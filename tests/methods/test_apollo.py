@@ -111,11 +111,11 @@ def test_a_step_over_many_matrices_equals_one_matrix_at_a_time(module):
     alone = [torch.nn.Parameter(w.clone()) for w in w0]
     opts = [module.build([("self_attn.q.weight", w)], options, torch.device("cpu")) for w in alone]
     for step_grads in grads:
-        for w, g in zip(together, step_grads):
+        for w, g in zip(together, step_grads, strict=True):
             w.grad = g.clone()
         opt.step()
-        for w, o, g in zip(alone, opts, step_grads):
+        for w, o, g in zip(alone, opts, step_grads, strict=True):
             w.grad = g.clone()
             o.step()
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
