@@ -49,8 +49,26 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
+def _tensors_within(value, seen: set) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif id(value) not in seen and not isinstance(value, torch.nn.Module | torch.optim.Optimizer | type):
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from _tensors_within(item, seen)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                yield from _tensors_within(item, seen)
+        elif hasattr(value, "__dict__"):
+            yield from _tensors_within(vars(value), seen)
+
+
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [t for state in optimizer.state.values() for t in tree_leaves(state) if isinstance(t, torch.Tensor)]
+    """Tensors held by the optimizer's state, also inside the objects it keeps there (galore-torch and apollo-torch
+    keep their projection matrices in a projector object per parameter)."""
+    seen: set = set()
+    return [t for state in optimizer.state.values() for t in _tensors_within(state, seen)]
 
 
 def model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -2,7 +2,7 @@
 import torch
 from torch.utils._pytree import tree_map_only
 
-from harness.probes import LiveTensorProbe, storage_bytes
+from harness.probes import LiveTensorProbe, optimizer_state_tensors, storage_bytes
 
 
 def test_live_probe_tracks_allocation_and_release_exactly():
@@ -58,3 +58,17 @@ def test_subclass_state_is_counted_through_inner_tensors():
     naive = q.numel() * q.element_size()
     assert storage_bytes([q]) == n + 4 * (n // 256)
     assert naive == 4 * n  # what a naive count would report: ~3.9x too large here
+
+
+def test_optimizer_state_counts_tensors_kept_inside_objects():
+    """galore-torch and apollo-torch keep each projection matrix in a projector object in the state."""
+
+    class Projector:
+        def __init__(self, matrix):
+            self.matrix, self.rank = matrix, matrix.shape[1]
+
+    w = torch.nn.Parameter(torch.zeros(8, 8))
+    opt = torch.optim.SGD([w], lr=0.1)
+    shared = Projector(torch.zeros(8, 2))
+    opt.state[w] = {"step": 3, "exp_avg": torch.zeros(2, 8), "projector": shared, "again": [shared, (shared,)]}
+    assert storage_bytes(optimizer_state_tensors(opt)) == 4 * (16 + 16)
