@@ -214,7 +214,8 @@ def run_job(job: Job, provenance: dict) -> dict:
     row["launcher"] = launcher
     row["wall_s"] = round(time.monotonic() - start, 3)
     if returncode is None:
-        return {**row, "status": "timeout", "error": f"no result after run.timeout_s={job.spec.run.timeout_s:g} s"}
+        return {**row, "status": "timeout", "error": f"no result after run.timeout_s={job.spec.run.timeout_s:g} s; "
+                                                      f"last log line: {_last_log_line(log_path)}"[:400]}
     if result_path.exists():
         result = json.loads(result_path.read_text())
         return {**row, **result, "gpu": result.get("gpu", row["gpu"])}

@@ -103,6 +103,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         _sync(device)
         record["peak_allocated_load"] = torch.cuda.max_memory_allocated(device)
     record["load_s"] = time.perf_counter() - clock
+    print(f"loaded {record['n_params']:,} parameters in {record['load_s']:.1f} s", flush=True)  # progress in log.txt
     train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset)
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
     windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
@@ -140,6 +141,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
             raise Diverged(f"loss is {value} at step {step}")
         if step >= train.warmup_steps:
             times_ms.append(elapsed_ms)
+        print(f"step {step + 1}/{train.steps} loss {value:.4f} {elapsed_ms:.1f} ms", flush=True)
         if probed:
             record.update(probe.record)
             record["grads"] = probe.grads_peak
@@ -171,6 +173,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
     record["train_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    print(f"evaluating on {spec.train.eval_batches} batch(es)", flush=True)
     _evaluate(model, eval_tokens, spec, device, record)
     record["eval_s"] = time.perf_counter() - clock
 

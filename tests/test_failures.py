@@ -28,3 +28,4 @@ def test_timeout_kills_the_job_and_leaves_a_timeout_row(results_dir, launcher):
     assert proc.returncode == 0
     (row,) = rows_of(results_dir)
     assert row["status"] == "timeout" and "run.timeout_s=4" in row["error"]
+    assert "last log line: loaded" in row["error"]  # where it hung: after loading, before the first step
