@@ -146,7 +146,7 @@ def _wait_forked(job: Job, log_path, env: dict) -> int | None:
     pid = server.start(job.job_dir, log_path, env)
     try:
         returncode = server.wait(job.spec.run.timeout_s)
-    except BaseException:  # Ctrl-C or a kill of the parent: take the child down, write no row
+    except BaseException:  # Ctrl-C or a kill of the parent: take the child down
         _kill_group(pid)
         raise
     if returncode is None:
@@ -165,7 +165,7 @@ def _wait_spawned(job: Job, log_path, env: dict) -> int | None:
             return proc.wait(timeout=job.spec.run.timeout_s)
         except subprocess.TimeoutExpired:
             return None
-        finally:  # after a timeout, Ctrl-C or a kill of the parent: take the child down (no row for the latter)
+        finally:  # after a timeout, Ctrl-C or a kill of the parent: take the child down
             if proc.poll() is None:
                 _kill_group(proc.pid)
                 proc.wait()
@@ -180,6 +180,14 @@ def _config_columns(job: Job) -> dict:
         "seed": spec.train.seed, "transforms": list(spec.method.transforms),
         "optimizer": spec.method.optimizer.get("name"), "overrides": list(job.overrides), "config": c,
     }
+
+
+class Interrupted(KeyboardInterrupt):
+    """The sweep was interrupted while a job ran; `row` records how far the job got (rerunning resumes it)."""
+
+    def __init__(self, row: dict):
+        super().__init__(row["error"])
+        self.row = row
 
 
 def run_job(job: Job, provenance: dict) -> dict:
@@ -202,15 +210,21 @@ def run_job(job: Job, provenance: dict) -> dict:
     launcher = "spawn" if "failed" in _ZYGOTES else job.spec.run.launcher
     start = time.monotonic()
     try:
-        returncode = (_wait_forked if launcher == "fork" else _wait_spawned)(job, log_path, env)
-    except RuntimeError as e:  # the fork server did not start: this and the sweep's other jobs are spawned
-        _ZYGOTES["failed"] = str(e)
-        print(f"warning: run.launcher=fork: {e}; spawning a fresh interpreter per job instead", file=sys.stderr)
-        launcher = "spawn"
-        returncode = _wait_spawned(job, log_path, env)
+        try:
+            returncode = (_wait_forked if launcher == "fork" else _wait_spawned)(job, log_path, env)
+        except RuntimeError as e:  # the fork server did not start: this and the sweep's other jobs are spawned
+            _ZYGOTES["failed"] = str(e)
+            print(f"warning: run.launcher=fork: {e}; spawning a fresh interpreter per job instead", file=sys.stderr)
+            launcher = "spawn"
+            returncode = _wait_spawned(job, log_path, env)
     except EOFError as e:  # the fork server died while the job ran: what became of the job is unknown
         row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
         return {**row, "status": "error", "error": f"run.launcher=fork: {e} (run.launcher=spawn avoids the server)"}
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM to the sweep: the job is already killed (the waits' cleanup)
+        row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
+        raise Interrupted({**row, "status": "interrupted", "error": (
+            f"the sweep was interrupted {row['wall_s']:.0f} s into the job; "
+            f"last log line: {_last_log_line(log_path)}")[:400]}) from None
     row["launcher"] = launcher
     row["wall_s"] = round(time.monotonic() - start, 3)
     if returncode is None:

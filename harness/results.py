@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-STATUSES = ("ok", "oom", "timeout", "error", "diverged", "skipped")
+STATUSES = ("ok", "oom", "timeout", "error", "diverged", "skipped", "interrupted")
 
 # The row schema, in display order. Rows may carry more keys (per-phase peaks, package versions).
 IDENTITY = ["run_id", "sweep", "repeat", "timestamp", "status", "error"]

@@ -8,13 +8,14 @@ A job whose row already exists in the sweep's rows.jsonl is skipped (resume); ru
 """
 from __future__ import annotations
 
+import signal
 import sys
 from collections import Counter
 
 from tqdm import tqdm
 
 from harness.config import GROUPS, ConfigError, group_options, plan
-from harness.launch import run_job, stop_servers
+from harness.launch import Interrupted, run_job, stop_servers
 from harness.provenance import git_state
 from harness.results import append_row, read_rows, write_json_atomic
 
@@ -54,8 +55,10 @@ def summary_table(rows: list[dict]) -> str:
 def run_sweep(jobs, progress: bool = True) -> list[dict]:
     provenance = git_state()
     rows = []
-    # each sweep's existing rows, read once (a torn line is reported once, not once per job)
-    done = {r["run_id"]: r for d in {job.sweep_dir for job in jobs} for r in read_rows(d / "rows.jsonl")}
+    # each sweep's existing rows, read once (a torn line is reported once, not once per job); an interrupted job
+    # is run again
+    done = {r["run_id"]: r for d in {job.sweep_dir for job in jobs} for r in read_rows(d / "rows.jsonl")
+            if r.get("status") != "interrupted"}
     bar = tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
     try:
         _run_jobs(bar, done, provenance, rows)
@@ -73,7 +76,13 @@ def _run_jobs(bar, done, provenance, rows) -> None:
             rows.append(done[job.run_id])
             continue
         bar.set_postfix_str(" ".join(job.overrides)[:60])
-        row = run_job(job, provenance)
+        try:
+            row = run_job(job, provenance)
+        except Interrupted as interrupted:
+            append_row(rows_path, interrupted.row)
+            write_json_atomic(job.job_dir / "row.json", interrupted.row)
+            rows.append(interrupted.row)
+            raise
         append_row(rows_path, row)
         write_json_atomic(job.job_dir / "row.json", row)
         rows.append(row)
@@ -93,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = run_sweep(jobs)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` or a time limit: like Ctrl-C, not silence
+    try:
+        rows = run_sweep(jobs)
+    except KeyboardInterrupt as interrupted:
+        detail = (f" ({interrupted.row['error']}; its row says `interrupted`)" if isinstance(interrupted, Interrupted)
+                  else "")
+        print(f"interrupted{detail}; the same command resumes the sweep", file=sys.stderr)
+        return 130
     print(summary_table(rows))
     from harness.aggregate import write_report
 

@@ -29,3 +29,38 @@ def test_timeout_kills_the_job_and_leaves_a_timeout_row(results_dir, launcher):
     (row,) = rows_of(results_dir)
     assert row["status"] == "timeout" and "run.timeout_s=4" in row["error"]
     assert "last log line: loaded" in row["error"]  # where it hung: after loading, before the first step
+
+
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_a_terminated_sweep_leaves_an_interrupted_row_for_the_running_job(results_dir, launcher):
+    """`kill` or an outer time limit (SIGTERM) while a job runs: the job is killed and its row says how far it got."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    cmd = [sys.executable, "-m", "harness.run", "run.inject_fault=hang", "run.timeout_s=120",
+           f"run.launcher={launcher}", *FAST, f"run.results_dir={results_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any("loaded" in p.read_text() for p in results_dir.glob("adhoc/*/log.txt")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "resumes" in stderr
+    (row,) = rows_of(results_dir)
+    assert row["status"] == "interrupted" and "last log line: loaded" in row["error"] and row["launcher"] == launcher
+
+
+def test_an_interrupted_job_is_run_again_on_resume(tmp_path):
+    from harness.config import plan
+    from harness.results import append_row
+    from harness.run import run_sweep
+
+    (job,) = plan([*FAST, f"run.results_dir={tmp_path}"])
+    append_row(job.sweep_dir / "rows.jsonl", {"run_id": job.run_id, "status": "interrupted", "error": "killed"})
+    (row,) = run_sweep([job], progress=False)
+    assert row["status"] == "ok" and [r["status"] for r in rows_of(tmp_path)] == ["interrupted", "ok"]
