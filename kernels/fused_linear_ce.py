@@ -129,8 +129,10 @@ class _FusedLinearCE(torch.autograd.Function):
         n_tokens, vocab = hidden.shape[0], weight.shape[0]
         n_valid = max(int((targets != ignore_index).sum()), 1)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden) if need_grad else None
-        grad_weight = torch.zeros_like(weight) if need_grad else None
+        # every row of dH and of dW is first written by a matmul (out=), then accumulated into: no zero fill to write
+        # and read back
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        grad_weight = torch.empty_like(weight) if need_grad else None
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
         total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         for r0 in range(0, n_tokens, rows):
@@ -153,8 +155,9 @@ class _FusedLinearCE(torch.autograd.Function):
                 if c0 != last:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, lse, c0, vocab, ignore_index, smoothing, 1.0 / n_valid)
-                grad_hidden[r0:r0 + rows].addmm_(z, w)
-                grad_weight[c0:c0 + cols].addmm_(z.T, h)
+                dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c0 + cols]
+                torch.matmul(z, w, out=dh) if c0 == last else dh.addmm_(z, w)
+                torch.matmul(z.T, h, out=dw) if r0 == 0 else dw.addmm_(z.T, h)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / n_valid
 
@@ -174,6 +177,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     tile = (rows, cols) of the logits tile; by default from budget_fraction (tile_shape)."""
     hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     targets = targets.reshape(-1).contiguous()
+    if hidden.shape[0] == 0:
+        raise ValueError("no tokens: hidden has 0 rows")
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets")
     if hidden.dtype != weight.dtype:

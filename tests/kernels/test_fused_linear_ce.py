@@ -105,3 +105,12 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     rows = read_rows(tmp_path / "results" / "runs" / "kernels" / "fused_linear_ce.rows.jsonl")
     assert {r["variant"] for r in rows} == {"eager", "ours_memory", "ours_speed"}
     assert all(r["status"] == "ok" and r["step_ms"] > 0 and r["bound_bytes"] == (64 + 300) * 16 * 2 for r in rows)
+
+
+@pytest.mark.parametrize("n,targets,w_dtype,message", [(0, 0, torch.float32, "no tokens"),
+                                                        (5, 4, torch.float32, "5 hidden rows but 4 targets"),
+                                                        (5, 5, torch.float64, "hidden is torch.float32")])
+def test_bad_input_is_refused_with_the_reason(n, targets, w_dtype, message):
+    h, w = torch.randn(n, 8, device=DEVICE), torch.randn(13, 8, device=DEVICE, dtype=w_dtype)
+    with pytest.raises(ValueError, match=message):
+        fused_linear_cross_entropy(h, w, torch.zeros(targets, dtype=torch.long, device=DEVICE))
