@@ -76,16 +76,16 @@ def _run_jobs(bar, done, provenance, rows) -> None:
             rows.append(done[job.run_id])
             continue
         bar.set_postfix_str(" ".join(job.overrides)[:60])
+        interrupted = None
         try:
             row = run_job(job, provenance)
-        except Interrupted as interrupted:
-            append_row(rows_path, interrupted.row)
-            write_json_atomic(job.job_dir / "row.json", interrupted.row)
-            rows.append(interrupted.row)
-            raise
+        except Interrupted as e:  # its row is kept like any other, then the sweep stops
+            row, interrupted = e.row, e
         append_row(rows_path, row)
         write_json_atomic(job.job_dir / "row.json", row)
         rows.append(row)
+        if interrupted is not None:
+            raise interrupted
         bar.write(f"[{row['status']}] {' '.join(job.overrides) or 'defaults'} (repeat {job.repeat})"
                   + (f": {row['error']}" if row.get("error") else ""))
     if skipped_existing:
