@@ -97,8 +97,6 @@ class ApolloAdamW(ProjectedAdamW):
 
     def apply_updates(self, params, lows, directions, states, group) -> None:
         """All matrices at once: the updates are made in the gradients' storage, so none is allocated."""
-        if not params:  # a group of INT8 layers: they update from their own backward (attach_quantized)
-            return
         grads = [p.grad for p in params]
         self.updates_in_place(grads, lows, directions, states, group)
         if group["weight_decay"]:

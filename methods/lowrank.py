@@ -78,8 +78,6 @@ class ProjectedAdamW(torch.optim.Optimizer):
         """Bias-corrected Adam directions of the projected gradients, all parameters at once (foreach: a handful of
         launches per step, not a dozen per matrix). Moments are kept in the gradients' dtype and updated there, as
         galore-torch and apollo-torch do."""
-        if not lows:  # a group of INT8 layers: they update from their own backward (attach_quantized)
-            return []
         beta1, beta2 = group["betas"]
         for low, state in zip(lows, states, strict=True):
             if "exp_avg" not in state or state["exp_avg"].shape != low.shape:
@@ -152,12 +150,12 @@ class ProjectedAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            if not group["project"]:
-                with_grad = [p for p in group["params"] if p.grad is not None]
-                if with_grad:
-                    self.full_rank_step(with_grad, group)
-                continue
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:  # e.g. the group of INT8 layers: they update from their own backward (attach_quantized)
+                continue
+            if not group["project"]:
+                self.full_rank_step(params, group)
+                continue
             states = [self.state[p] for p in params]
             lows = [self.project(p.grad, state) for p, state in zip(params, states, strict=True)]
             self.apply_updates(params, lows, self.adam_directions(lows, states, group), states, group)
