@@ -10,6 +10,7 @@ kernel (rows kivi_2bit_t<tokens>_w<warps>), to choose its defaults.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +46,14 @@ def main(argv=None) -> None:
              "bytes_over_bf16": 1.0, "decode_ms": base_ms, "time_over_bf16": 1.0, "decode_graph_ms": base_graph_ms,
              "graph_time_over_bf16": 1.0 if base_graph_ms else None}]
     exact = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float())[:, :, 0]
-    for bits in (2, 4):
-        def fill(bits=bits):
-            cache = KIVICache(bits=bits, group=args.group, value_group=args.group)
-            cache.append(k, v)
-            return cache
+    def fill(bits):
+        cache = KIVICache(bits=bits, group=args.group, value_group=args.group)
+        cache.append(k, v)
+        return cache
 
-        quantize_ms = time_ms(fill, device, repeats=max(2, args.repeats // 10))[0]  # the whole prompt's cache
-        cache = fill()
+    for bits in (2, 4):
+        quantize_ms = time_ms(partial(fill, bits), device, repeats=max(2, args.repeats // 10))[0]  # the prompt's
+        cache = fill(bits)
         median, p20, p80 = time_ms(lambda cache=cache: kivi_decode_attention(q, cache), device, repeats=args.repeats)
         graph_ms = graph_time_ms(lambda cache=cache: kivi_decode_attention(q, cache), device, repeats=args.repeats)
         error = (kivi_decode_attention(q, cache).float() - exact).abs().mean().item()
@@ -61,9 +62,8 @@ def main(argv=None) -> None:
                      "bytes_over_bf16": size / bf16_bytes, "decode_ms": median, "decode_ms_p20": p20,
                      "decode_ms_p80": p80, "time_over_bf16": median / base_ms, "mean_abs_error": error, "quantize_ms": quantize_ms,
                      "decode_graph_ms": graph_ms, "graph_time_over_bf16": graph_ms / base_graph_ms if graph_ms else None})
-    if device.type == "cuda":  # the decode kernel's shape, for choosing the defaults (64 tokens, 4 warps)
-        cache = KIVICache(bits=2, group=args.group, value_group=args.group)
-        cache.append(k, v)
+    if device.type == "cuda":  # the decode kernel's shape, for choosing the defaults (64 tokens, 2 warps)
+        cache = fill(2)
         for block_tokens in (16, 32, 64, 128):
             for warps in (2, 4, 8):
                 def decode(block_tokens=block_tokens, warps=warps):

@@ -21,6 +21,11 @@ import triton.language as tl
 from kernels import triton_runs_on
 
 
+def _powers_of_two(*sizes: int) -> bool:
+    """The Triton kernels' block shapes (tl.arange) need every size a power of two; other sizes take torch."""
+    return all(n & (n - 1) == 0 for n in sizes)
+
+
 def quantize_groups(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric quantization with min/max taken along `dim` (the group axis): (codes uint8, scale, zero)."""
     low, high = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
@@ -82,7 +87,7 @@ class KIVICache:
         """One group of G tokens (B, H, G, D) of keys and values → codes, scales and zeros (module docstring)."""
         b, h, g, d = gk.shape
         gv_width = self.channel_group(d)
-        if triton_runs_on(gk) and all(n & (n - 1) == 0 for n in (g, d, gv_width)):
+        if triton_runs_on(gk) and _powers_of_two(g, d, gv_width):
             per_byte = 8 // self.bits
             parts = {"key_codes": gk.new_empty(b, h, g // per_byte, d, dtype=torch.uint8),
                      "key_scale": gk.new_empty(b, h, 1, d), "key_zero": gk.new_empty(b, h, 1, d),
@@ -309,8 +314,7 @@ def kivi_decode_attention(q: torch.Tensor, cache: KIVICache, block_tokens: int =
     block_tokens (a power of two) and num_warps shape the Triton decode kernel's programs; the defaults were the
     fastest of bench_kivi's grid on an H100 (results/h100/kernels/kivi.rows.jsonl)."""
     d = q.shape[-1]
-    powers_of_two = all(n & (n - 1) == 0 for n in (d, cache.group, cache.channel_group(d), block_tokens))
-    if powers_of_two and triton_runs_on(q):
+    if _powers_of_two(d, cache.group, cache.channel_group(d), block_tokens) and triton_runs_on(q):
         return _decode_triton(q.contiguous(), cache, d**-0.5, min(block_tokens, cache.group), num_warps)
     return _decode_torch(q, cache, d**-0.5)
 
