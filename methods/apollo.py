@@ -32,13 +32,12 @@ def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
-def limit_growth(updates: list[torch.Tensor], states: list[dict], key: str, gamma: float,
-                 norms: list[torch.Tensor] | None = None, scale: float = 1.0) -> None:
-    """Norm-growth limiter (APOLLO §3.3, Fira §4.2), in place on a list of updates: an update's norm may grow by at
-    most γ per step, U_t ← U_t · min(1, γ ‖U_{t−1}‖ / ‖U_t‖); then every update is multiplied by `scale`. `norms`
-    stand in for ‖U_t‖ where the updates hold a multiple of U_t. All matrices in a few foreach launches, on the
+def growth_ratios(norms: list[torch.Tensor], states: list[dict], key: str, gamma: float,
+                  scale: float = 1.0) -> list[torch.Tensor]:
+    """Norm-growth limiter (APOLLO §3.3, Fira §4.2): an update's norm may grow by at most γ per step, so the update
+    U_t is to be multiplied by min(1, γ ‖U_{t−1}‖ / ‖U_t‖) (and by `scale`); returns those multipliers for the
+    norms ‖U_t‖ given and records the limited norms in the states. All matrices in a few foreach launches, on the
     device (no `if` on a tensor: a host synchronization per matrix would stall the GPU)."""
-    norms = torch._foreach_norm(updates, dtype=float32_at_least(updates[0])) if norms is None else norms
     previous = [s[key] if key in s else torch.full_like(n, float("inf")) for s, n in zip(states, norms, strict=True)]
     limits = torch._foreach_mul(previous, gamma)
     ratios = torch._foreach_div(limits, torch._foreach_clamp_min(norms, 1e-30))  # 0 / 0 (a zero update) gives 0
@@ -46,7 +45,13 @@ def limit_growth(updates: list[torch.Tensor], states: list[dict], key: str, gamm
     torch._foreach_mul_(ratios, scale)
     for state, norm in zip(states, torch._foreach_minimum(norms, limits), strict=True):
         state[key] = norm
-    torch._foreach_mul_(updates, ratios)
+    return ratios
+
+
+def limit_growth(updates: list[torch.Tensor], states: list[dict], key: str, gamma: float) -> None:
+    """The norm-growth limiter applied in place to a list of updates."""
+    norms = torch._foreach_norm(updates, dtype=float32_at_least(updates[0]))
+    torch._foreach_mul_(updates, growth_ratios(norms, states, key, gamma))
 
 
 class ApolloAdamW(ProjectedAdamW):
@@ -59,8 +64,8 @@ class ApolloAdamW(ProjectedAdamW):
         state["proj"] = torch.randn(short, self.options.rank, generator=gen, device=grad.device) / self.options.rank**0.5
 
     def scaling_factors(self, lows, directions, states) -> list[torch.Tensor]:
-        """s' = ‖R̃'‖ / ‖R‖ per channel (per matrix, tensor-wise), R̃' the bias-corrected direction, in the gradient's
-        dtype and shaped to broadcast against G. Matrices of one shape and side are stacked: the norms take a few
+        """s' = ‖R̃'‖ / ‖R‖ per channel (per matrix, tensor-wise), R̃' the direction before bias correction, in fp32
+        and shaped to broadcast against G. Matrices of one shape and side are stacked: the norms take a few
         launches per shape for the whole model, not a few per matrix."""
         groups: dict[tuple, list[int]] = {}
         for i, (low, state) in enumerate(zip(lows, states, strict=True)):
@@ -72,7 +77,7 @@ class ApolloAdamW(ProjectedAdamW):
             low_norms, direction_norms = (
                 torch.linalg.vector_norm(torch.stack([tensors[i] for i in members]), dim=dims,
                                          dtype=float32_at_least(tensors[members[0]])) for tensors in (lows, directions))
-            stacked = (direction_norms / low_norms.clamp_(min=1e-12)).to(lows[members[0]].dtype)
+            stacked = direction_norms / low_norms.clamp_(min=1e-12)
             for i, factor in zip(members, stacked, strict=True):
                 if self.options.scaling == "tensor":
                     factors[i] = factor
@@ -80,28 +85,39 @@ class ApolloAdamW(ProjectedAdamW):
                     factors[i] = factor.unsqueeze(0) if side == "left" else factor.unsqueeze(1)
         return factors
 
-    def updates_in_place(self, grads, lows, directions, states, group) -> None:
-        """Turn each gradient into its update α · c · min(1, limiter) · G · s, s = s' / c (c = √(1−β2^t) / (1−β1^t)).
-        As apollo-torch does, s and the limiter see the direction without Adam's bias correction c, which is applied
-        to the final step instead; so G · s' is G · s · c, and c cancels but in the limiter's norms."""
-        for grad, factor in zip(grads, self.scaling_factors(lows, directions, states), strict=True):
-            grad.mul_(factor)
+    def channel_norms(self, grad: torch.Tensor, state: dict) -> torch.Tensor:
+        """‖G‖ over each channel (the whole matrix, tensor-wise), fp32, shaped like the scaling factor."""
+        if self.options.scaling == "tensor":
+            return torch.linalg.vector_norm(grad, dtype=float32_at_least(grad))
+        return torch.linalg.vector_norm(grad, dim=0 if state["side"] == "left" else 1, keepdim=True,
+                                        dtype=float32_at_least(grad))
+
+    def update_factors(self, grads, lows, directions, states, group) -> list[torch.Tensor]:
+        """Per matrix the multiplier f, in the gradient's dtype, with update = G · f = α · c · min(1, limiter) · G · s
+        and s = s' / c (c = √(1−β2^t) / (1−β1^t)). As apollo-torch does, s and the limiter see the direction without
+        Adam's bias correction c, which is applied to the final step instead; so G · s' is G · s · c, and c cancels
+        but in the limiter's norms. The limiter's ‖G · s'‖ comes from G's channel norms, ‖G · s'‖² = Σ_j s'_j² ‖G_j‖²:
+        G is read for them once and never rewritten, and the parameter update reads it once more."""
+        factors = self.scaling_factors(lows, directions, states)
+        scaled_norms = torch._foreach_mul([self.channel_norms(g, s) for g, s in zip(grads, states, strict=True)],
+                                          factors)
+        norms = torch._foreach_norm(scaled_norms)
         beta1, beta2 = group["betas"]
-        norms = torch._foreach_norm(grads, dtype=float32_at_least(grads[0]))
         torch._foreach_div_(norms, [(1 - beta2 ** s["step"]) ** 0.5 / (1 - beta1 ** s["step"]) for s in states])
-        limit_growth(grads, states, "prev_norm", self.options.growth_limit, norms, scale=self.options.scale)
+        torch._foreach_mul_(factors, growth_ratios(norms, states, "prev_norm", self.options.growth_limit,
+                                                   scale=self.options.scale))
+        return [f.to(g.dtype) for f, g in zip(factors, grads, strict=True)]
 
     def full_update(self, grad, low_grad, direction, state, group):
-        self.updates_in_place([grad], [low_grad], [direction], [state], group)
-        return grad
+        return grad.mul_(self.update_factors([grad], [low_grad], [direction], [state], group)[0])
 
     def apply_updates(self, params, lows, directions, states, group) -> None:
-        """All matrices at once: the updates are made in the gradients' storage, so none is allocated."""
+        """All matrices at once, W ← W (1 − lr λ) − lr · G · f: no update tensor is made, G is only read."""
         grads = [p.grad for p in params]
-        self.updates_in_place(grads, lows, directions, states, group)
+        factors = self.update_factors(grads, lows, directions, states, group)
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-        torch._foreach_add_(params, grads, alpha=-group["lr"])
+        torch._foreach_addcmul_(params, grads, factors, value=-group["lr"])
 
 
 check = check_rank
