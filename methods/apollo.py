@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from methods.galore import float32_at_least
 from methods.lowrank import LowRankOptions, ProjectedAdamW, check_rank, split_groups
 
 
@@ -26,10 +27,6 @@ class Options(LowRankOptions):
     scaling: Literal["channel", "tensor"] = "channel"
     growth_limit: float = 1.01
     seed: int = 0
-
-
-def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(tensor.dtype, torch.float32)
 
 
 def growth_ratios(norms: list[torch.Tensor], states: list[dict], key: str, gamma: float,

@@ -14,11 +14,12 @@ import torch
 
 from methods.apollo import limit_growth
 from methods.galore import GaLoreAdamW
-from methods.lowrank import LowRankOptions, check_rank, split_groups
+from methods.galore import Options as GaLoreOptions
+from methods.lowrank import check_rank, split_groups
 
 
 @dataclass(frozen=True)
-class Options(LowRankOptions):
+class Options(GaLoreOptions):
     growth_limit: float = 1.01
 
 

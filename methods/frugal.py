@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 
 from methods.galore import GaLoreAdamW
-from methods.lowrank import LowRankOptions, check_rank, split_groups
+from methods.galore import Options as GaLoreOptions
+from methods.lowrank import check_rank, split_groups
 
 
 @dataclass(frozen=True)
-class Options(LowRankOptions):
+class Options(GaLoreOptions):
     scale: float = 1.0
     free_lr_ratio: float = 1.0
 

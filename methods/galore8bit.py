@@ -12,12 +12,12 @@ import torch
 
 from methods import adamw8bit
 from methods.galore import GaLoreAdamW, check_rank, split_groups
-from methods.lowrank import LowRankOptions
+from methods.galore import Options as GaLoreOptions
 from methods.quant import BLOCK
 
 
 @dataclass(frozen=True)
-class Options(LowRankOptions):
+class Options(GaLoreOptions):
     block_size: int = BLOCK
 
 

@@ -101,7 +101,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
         """Advance `state` by one step (refreshing the projection when due) and return the projected gradient."""
         state["step"] = state.get("step", 0) + 1
         if self.due_for_refresh(state):
-            self.refresh(grad.to(torch.promote_types(grad.dtype, torch.float32)), state)  # SVD needs fp32 or fp64
+            self.refresh(grad, state)
             if "proj" in state:  # projections are applied in the gradient's dtype (tensor cores), as the references do
                 state["proj"] = state["proj"].to(grad.dtype)
         return self.down(grad, state)

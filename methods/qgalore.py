@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.galore import svd_projection
 from methods.galore8bit import GaLore8bitAdamW
 from methods.galore8bit import Options as GaLore8bitOptions
 from methods.lowrank import check_rank, split_groups
@@ -37,7 +36,7 @@ class QGaLoreAdamW(GaLore8bitAdamW):
 
     def refresh(self, grad, state):
         state["side"] = self.side_of(grad)
-        new = svd_projection(grad, self.options.rank, state["side"])
+        new = self.top_singular_vectors(grad, state["side"])
         if "proj_codes" in state:
             similarity = float((self.projection(state) * new).sum(dim=0).abs().mean())
             state["similar_in_a_row"] = state.get("similar_in_a_row", 0) + 1 if similarity >= self.options.similarity \

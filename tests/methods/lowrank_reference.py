@@ -8,6 +8,23 @@ def adam_direction(x, m, v, t, betas=(0.9, 0.999), eps=1e-8):
     return (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps), m, v
 
 
+def svd_proj(rank):
+    """Top-r singular vectors of G on its short side, by torch.linalg.svd (`projection: svd`)."""
+    def fn(g, t):
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        return u[:, :rank] if g.shape[0] < g.shape[1] else vh[:rank].T
+    return fn
+
+
+def eigh_proj(rank):
+    """The same vectors as the eigenvectors of G Gᵀ (Gᵀ G on the right) of largest eigenvalue (`projection: eigh`)."""
+    def fn(g, t):
+        left = g.shape[0] < g.shape[1]
+        _, vectors = torch.linalg.eigh(g @ g.T if left else g.T @ g)
+        return vectors[:, -rank:].flip(1)
+    return fn
+
+
 def project(g, proj, left):
     return proj.T @ g if left else g @ proj
 

@@ -9,23 +9,18 @@ from tests.methods import lowrank_reference as ref
 from tests.methods.common import DEVICES, run_optimizer
 
 
-def svd_proj(rank):
-    def fn(g, t):
-        u, _, vh = torch.linalg.svd(g, full_matrices=False)
-        return u[:, :rank] if g.shape[0] < g.shape[1] else vh[:rank].T
-    return fn
-
-
+@pytest.mark.parametrize("projection,proj_fn", [("eigh", ref.eigh_proj), ("svd", ref.svd_proj)])
 @pytest.mark.parametrize("shape", [(6, 11), (13, 5)])  # left and right projection, odd sizes
-def test_galore_matches_the_rule(shape):
+def test_galore_matches_the_rule(shape, projection, proj_fn):
     gen = torch.Generator().manual_seed(0)
     w0 = torch.randn(shape, generator=gen, dtype=torch.float64)
     grads = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(12)]
-    options = parse(galore.Options, {"lr": 0.01, "rank": 3, "update_gap": 5, "scale": 0.25}, "m")
+    options = parse(galore.Options, {"lr": 0.01, "rank": 3, "update_gap": 5, "scale": 0.25, "projection": projection},
+                    "m")
     w = torch.nn.Parameter(w0.clone())
     opt = galore.build([("layers.0.mlp.up_proj.weight", w)], options, torch.device("cpu"))
     run_optimizer(opt, [w], [[g] for g in grads])
-    expected = ref.run(w0, grads, 0.01, 5, svd_proj(3), lambda g, r, n, p, left, memo: 0.25 * ref.back(n, p, left))
+    expected = ref.run(w0, grads, 0.01, 5, proj_fn(3), lambda g, r, n, p, left, memo: 0.25 * ref.back(n, p, left))
     torch.testing.assert_close(w.detach(), expected, rtol=1e-9, atol=1e-9)
     state = opt.state[w]
     assert state["exp_avg"].shape == ((3, shape[1]) if shape[0] < shape[1] else (shape[0], 3))
@@ -40,17 +35,43 @@ def test_only_attention_and_mlp_matrices_are_projected():
     assert len(projected) == 1 and projected[0]["params"][0] is named[0][1]
 
 
+@pytest.mark.parametrize("shape", [(7, 300), (300, 7), (40, 40)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_eigh_and_svd_projections_span_the_same_subspace(shape, dtype):
+    """A gradient with a spectral gap after the rank: both projections give the same P Pᵀ, in bf16 too, with the
+    Gram matrix accumulated over column chunks narrower than G."""
+    gen = torch.Generator().manual_seed(11)
+    m, n = shape
+    low_rank = torch.randn(m, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, n, generator=gen,
+                                                                                     dtype=torch.float64)
+    g = (10 * low_rank + 0.01 * torch.randn(m, n, generator=gen, dtype=torch.float64)).to(dtype)
+    side = "left" if m < n else "right"
+    a, b = galore.eigh_projection(g, 3, side), galore.svd_projection(g, 3, side)
+    assert a.dtype == b.dtype == torch.promote_types(dtype, torch.float32) and a.shape == b.shape == (min(shape), 3)
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(a @ a.T, b @ b.T, rtol=0, atol=tolerance)
+    wide = g if side == "left" else g.T
+    torch.testing.assert_close(galore.gram(g, side, chunk=64), wide.to(a.dtype) @ wide.to(a.dtype).T,
+                               rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=0)  # fp32: summation order
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(16, 24), (24, 16), (20, 20)])
-def test_galore_matches_galore_torch(shape, device):
+@pytest.mark.parametrize("projection,gap", [("svd", 10), ("eigh", 25)])
+def test_galore_matches_galore_torch(shape, device, projection, gap):
+    """galore-torch refreshes with torch.linalg.svd: `projection: svd` follows it through refreshes. The eigh
+    projection's vectors are the same up to sign, and the update is unchanged by a vector's sign within one
+    projection; across refreshes the moments (kept, as galore-torch keeps them) would see flipped rows, so that
+    comparison runs one projection for the 25 steps."""
     galore_torch = pytest.importorskip("galore_torch")
     gen = torch.Generator().manual_seed(7)
     w0 = torch.randn(shape, generator=gen).to(device)
     grads = [torch.randn(shape, generator=gen).to(device) for _ in range(25)]
     ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
-    options = parse(galore.Options, {"lr": 0.01, "rank": 4, "update_gap": 10, "scale": 0.25}, "m")
+    options = parse(galore.Options, {"lr": 0.01, "rank": 4, "update_gap": gap, "scale": 0.25,
+                                     "projection": projection}, "m")
     opt_ours = galore.build([("mlp.w", ours)], options, torch.device(device))
-    opt_theirs = galore_torch.GaLoreAdamW([{"params": [theirs], "rank": 4, "update_proj_gap": 10, "scale": 0.25,
+    opt_theirs = galore_torch.GaLoreAdamW([{"params": [theirs], "rank": 4, "update_proj_gap": gap, "scale": 0.25,
                                             "proj_type": "std"}], lr=0.01, no_deprecation_warning=True)
     for g in grads:
         ours.grad, theirs.grad = g.clone(), g.clone()

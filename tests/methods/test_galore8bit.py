@@ -8,7 +8,6 @@ from methods.quant import dynamic_map
 from tests.methods import lowrank_reference as ref
 from tests.methods.common import run_optimizer
 from tests.methods.test_adamw8bit import plain_roundtrip
-from tests.methods.test_galore import svd_proj
 
 
 def test_galore8bit_matches_the_rule_with_quantized_moments():
@@ -23,7 +22,7 @@ def test_galore8bit_matches_the_rule_with_quantized_moments():
     proj, m, v, expected = None, None, None, w0.clone()
     for t, g in enumerate(grads, start=1):
         if (t - 1) % 4 == 0:
-            proj = svd_proj(4)(g, t)
+            proj = ref.eigh_proj(4)(g, t)
         r = proj.T @ g
         m = torch.zeros_like(r) if m is None else m
         v = torch.zeros_like(r) if v is None else v
