@@ -11,6 +11,7 @@ gradient's dtype, as in the reference packages.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,8 @@ from torch.optim.adamw import adamw as functional_adamw
 
 from harness.schema import ConfigError
 from methods.adamw import AdamHyperparameters
+
+BATCH_BYTES = 64 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,26 @@ class ProjectedAdamW(torch.optim.Optimizer):
             if not group["project"]:
                 self.full_rank_step(params, group)
                 continue
-            states = [self.state[p] for p in params]
-            lows = [self.project(p.grad, state) for p, state in zip(params, states, strict=True)]
-            self.apply_updates(params, lows, self.adam_directions(lows, states, group), states, group)
+            for batch in self.batches(params):
+                states = [self.state[p] for p in batch]
+                lows = [self.project(p.grad, state) for p, state in zip(batch, states, strict=True)]
+                self.apply_updates(batch, lows, self.adam_directions(lows, states, group), states, group)
         return loss
+
+    def batches(self, params: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+        """Consecutive matrices whose projected gradients (rank × the long side) add up to at most BATCH_BYTES: a
+        step's foreach launches take a batch at a time, so its temporaries (projected gradients, Adam directions)
+        stay bounded by the batch, not by the model (at 7B, rank 256, the whole model's would be ~1.6 GB)."""
+        batch, size = [], 0
+        for p in params:
+            low_bytes = self.options.rank * max(p.shape) * p.element_size()
+            if batch and size + low_bytes > BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+            batch.append(p)
+            size += low_bytes
+        if batch:
+            yield batch
 
     def apply_updates(self, params, lows, directions, states, group) -> None:
         """W ← W (1 − lr λ) − lr · update, one matrix at a time (one full-size update alive at once)."""

@@ -4,8 +4,9 @@ bias correction applied to the final step as apollo-torch does. Also compared wi
 import pytest
 import torch
 
+from harness.probes import LiveTensorProbe, optimizer_state_tensors
 from harness.schema import parse
-from methods import apollo, apollo_mini
+from methods import apollo, apollo_mini, galore, lowrank
 from tests.methods import lowrank_reference as ref
 from tests.methods.common import DEVICES
 
@@ -119,3 +120,31 @@ def test_a_step_over_many_matrices_equals_one_matrix_at_a_time(module):
             o.step()
     for a, b in zip(together, alone, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("module", [apollo, galore])
+def test_a_step_takes_its_matrices_in_batches_of_bounded_temporaries(module, monkeypatch):
+    """ProjectedAdamW.batches: at most BATCH_BYTES of projected gradients per batch of foreach launches. Batches of
+    two matrices give the parameters of one batch of twelve, with a fraction of its temporaries (live-tensor probe)."""
+    gen = torch.Generator().manual_seed(6)
+    w0 = [torch.randn(16, 64, generator=gen) for _ in range(12)]
+    grads = [[torch.randn(16, 64, generator=gen) for _ in w0] for _ in range(4)]
+    options = parse(module.Options, {"lr": 0.01, "rank": 4, "update_gap": 2}, "m")
+    results, temporaries = [], []
+    for batch_bytes in (2 * 4 * 64 * 4, 2**30):  # two matrices' projected gradients (rank × long side × fp32); all
+        monkeypatch.setattr(lowrank, "BATCH_BYTES", batch_bytes)
+        ws = [torch.nn.Parameter(w.clone()) for w in w0]
+        opt = module.build([(f"layers.{i}.mlp.w", w) for i, w in enumerate(ws)], options, torch.device("cpu"))
+        for step_grads in grads:
+            for w, g in zip(ws, step_grads, strict=True):
+                w.grad = g.clone()
+            probe = LiveTensorProbe()  # knows what exists before the step: what it adds is temporary
+            probe.register([*ws, *(w.grad for w in ws), *optimizer_state_tensors(opt)])
+            before = probe.current
+            with probe:
+                opt.step()
+        temporaries.append(probe.peak - before)
+        results.append(ws)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert temporaries[0] < 0.4 * temporaries[1]
