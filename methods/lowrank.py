@@ -20,7 +20,7 @@ from torch.optim.adamw import adamw as functional_adamw
 from harness.schema import ConfigError
 from methods.adamw import AdamHyperparameters
 
-BATCH_BYTES = 64 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
+BATCH_BYTES = 32 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
 
 
 @dataclass(frozen=True)
