@@ -16,8 +16,7 @@ from typing import Literal
 
 import torch
 
-from methods.galore import float32_at_least
-from methods.lowrank import LowRankOptions, ProjectedAdamW, check_rank, split_groups
+from methods.lowrank import LowRankOptions, ProjectedAdamW, check_rank, float32_at_least, split_groups
 
 
 @dataclass(frozen=True)

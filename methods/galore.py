@@ -1,8 +1,9 @@
 """GaLore (Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024).
 
 Every T steps the projection is refreshed from the SVD of the current gradient, G = U S Vᵀ: P = U[:, :r] (left)
-or Q = V[:, :r] (right); computed by default as the top eigenvectors of G Gᵀ (Gᵀ G), `projection: svd` for
-torch.linalg.svd as galore-torch does (eigh_projection says why). Between refreshes: R = Pᵀ G, Adam on R (moments r × n, not m × n), and
+or Q = V[:, :r] (right) — by default computed as the top eigenvectors of G Gᵀ (Gᵀ G), `projection: svd` for
+torch.linalg.svd as galore-torch does (eigh_projection says why). Between refreshes: R = Pᵀ G, Adam on R (moments
+r × n, not m × n), and
     W ← W − lr · α · P N(R)     (α = scale; N = bias-corrected Adam direction; decoupled weight decay as AdamW)
 applied to the attention and MLP matrices; other parameters get AdamW. Moments are kept across refreshes, as in
 the paper's implementation.
@@ -14,16 +15,12 @@ from typing import Literal
 
 import torch
 
-from methods.lowrank import LowRankOptions, ProjectedAdamW, check_rank, split_groups
+from methods.lowrank import LowRankOptions, ProjectedAdamW, check_rank, float32_at_least, split_groups
 
 
 @dataclass(frozen=True)
 class Options(LowRankOptions):
-    projection: Literal["eigh", "svd"] = "eigh"  # how the top-r singular vectors are computed (see refresh)
-
-
-def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(tensor.dtype, torch.float32)
+    projection: Literal["eigh", "svd"] = "eigh"  # how the top-r singular vectors are computed: PROJECTIONS
 
 
 def svd_projection(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:

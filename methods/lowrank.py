@@ -31,6 +31,10 @@ class LowRankOptions(AdamHyperparameters):
     target_modules: list[str] = field(default_factory=lambda: ["self_attn", "mlp"])
 
 
+def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
 def check_rank(options, model_spec) -> None:
     """Plan-time: the rank must fit the smallest side of the projected matrices (the hidden size for LLaMA)."""
     smallest = getattr(model_spec, "hidden_size", None)
@@ -168,7 +172,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
     def batches(self, params: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
         """Consecutive matrices whose projected gradients (rank × the long side) add up to at most BATCH_BYTES: a
         step's foreach launches take a batch at a time, so its temporaries (projected gradients, Adam directions)
-        stay bounded by the batch, not by the model (at 7B, rank 256, the whole model's would be ~1.6 GB)."""
+        stay bounded by the batch, not by the model (at 7B and rank 256 the projected gradients alone are 0.8 GB)."""
         batch, size = [], 0
         for p in params:
             low_bytes = self.options.rank * max(p.shape) * p.element_size()
