@@ -59,50 +59,55 @@ class ApolloAdamW(ProjectedAdamW):
         # Stored as the short side × r matrix; down/back use it as Pᵀ (left) or Q (right) like GaLore's.
         state["proj"] = torch.randn(short, self.options.rank, generator=gen, device=grad.device) / self.options.rank**0.5
 
-    def scaling_factors(self, lows, directions, states) -> list[torch.Tensor]:
-        """s' = ‖R̃'‖ / ‖R‖ per channel (per matrix, tensor-wise), R̃' the direction before bias correction, in fp32
-        and shaped to broadcast against G. Matrices of one shape and side are stacked: the norms take a few
-        launches per shape for the whole model, not a few per matrix."""
+    def scaling_factors(self, lows, directions, states) -> list[tuple[list[int], torch.Tensor]]:
+        """s' = ‖R̃'‖ / ‖R‖ per channel (per matrix, tensor-wise), R̃' the direction before bias correction, in fp32,
+        for the matrices of one shape and side at a time: [(their indices, s' stacked: k × 1 × n on the left,
+        k × m × 1 on the right, k tensor-wise)]. Stacked, the norms take a few launches per shape for the whole
+        model, not a few per matrix."""
         groups: dict[tuple, list[int]] = {}
         for i, (low, state) in enumerate(zip(lows, states, strict=True)):
             groups.setdefault((low.shape, state["side"]), []).append(i)
-        factors = [None] * len(lows)
+        stacked = []
         for (_, side), members in groups.items():
             # over the projected dimension: R's rows on the left (r × n), its columns on the right (m × r)
             dims = (1, 2) if self.options.scaling == "tensor" else (1 if side == "left" else 2)
             low_norms, direction_norms = (
                 torch.linalg.vector_norm(torch.stack([tensors[i] for i in members]), dim=dims,
+                                         keepdim=self.options.scaling != "tensor",
                                          dtype=float32_at_least(tensors[members[0]])) for tensors in (lows, directions))
-            stacked = direction_norms / low_norms.clamp_(min=1e-12)
-            for i, factor in zip(members, stacked, strict=True):
-                if self.options.scaling == "tensor":
-                    factors[i] = factor
-                else:
-                    factors[i] = factor.unsqueeze(0) if side == "left" else factor.unsqueeze(1)
-        return factors
+            stacked.append((members, direction_norms / low_norms.clamp_(min=1e-12)))
+        return stacked
 
-    def channel_norms(self, grad: torch.Tensor, state: dict) -> torch.Tensor:
-        """‖G‖ over each channel (the whole matrix, tensor-wise), fp32, shaped like the scaling factor."""
+    def channel_norms(self, grads, states) -> list[torch.Tensor]:
+        """‖G‖ over each channel (the whole matrix, tensor-wise), fp32, shaped like the scaling factors."""
+        dtype = float32_at_least(grads[0])
         if self.options.scaling == "tensor":
-            return torch.linalg.vector_norm(grad, dtype=float32_at_least(grad))
-        return torch.linalg.vector_norm(grad, dim=0 if state["side"] == "left" else 1, keepdim=True,
-                                        dtype=float32_at_least(grad))
+            return list(torch._foreach_norm(grads, dtype=dtype))
+        return [torch.linalg.vector_norm(g, dim=0 if s["side"] == "left" else 1, keepdim=True, dtype=dtype)
+                for g, s in zip(grads, states, strict=True)]
 
     def update_factors(self, grads, lows, directions, states, group) -> list[torch.Tensor]:
-        """Per matrix the multiplier f, in the gradient's dtype, with update = G · f = α · c · min(1, limiter) · G · s
-        and s = s' / c (c = √(1−β2^t) / (1−β1^t)). As apollo-torch does, s and the limiter see the direction without
+        """Per matrix the multiplier f, in G's dtype, with update = G · f = α · c · min(1, limiter) · G · s and
+        s = s' / c (c = √(1−β2^t) / (1−β1^t)). As apollo-torch does, s and the limiter see the direction without
         Adam's bias correction c, which is applied to the final step instead; so G · s' is G · s · c, and c cancels
         but in the limiter's norms. The limiter's ‖G · s'‖ comes from G's channel norms, ‖G · s'‖² = Σ_j s'_j² ‖G_j‖²:
-        G is read for them once and never rewritten, and the parameter update reads it once more."""
-        factors = self.scaling_factors(lows, directions, states)
-        scaled_norms = torch._foreach_mul([self.channel_norms(g, s) for g, s in zip(grads, states, strict=True)],
-                                          factors)
-        norms = torch._foreach_norm(scaled_norms)
+        G is read for them once and never rewritten, and the parameter update reads it once more. Per matrix the
+        work is one norm; the factors are scaled and cast per shape (at 1B a matrix's own launches cost the host
+        more than they cost the GPU)."""
+        groups = self.scaling_factors(lows, directions, states)
+        factors = [None] * len(grads)
+        for members, stacked in groups:
+            for i, factor in zip(members, stacked.unbind(0), strict=True):
+                factors[i] = factor
+        norms = torch._foreach_norm(torch._foreach_mul(self.channel_norms(grads, states), factors))
         beta1, beta2 = group["betas"]
         torch._foreach_div_(norms, [(1 - beta2 ** s["step"]) ** 0.5 / (1 - beta1 ** s["step"]) for s in states])
-        torch._foreach_mul_(factors, growth_ratios(norms, states, "prev_norm", self.options.growth_limit,
-                                                   scale=self.options.scale))
-        return [f.to(g.dtype) for f, g in zip(factors, grads, strict=True)]
+        ratios = growth_ratios(norms, states, "prev_norm", self.options.growth_limit, scale=self.options.scale)
+        for members, stacked in groups:
+            scale = torch.stack([ratios[i] for i in members]).view(-1, *(1,) * (stacked.dim() - 1))
+            for i, factor in zip(members, (stacked * scale).to(grads[members[0]].dtype).unbind(0), strict=True):
+                factors[i] = factor
+        return factors
 
     def full_update(self, grad, low_grad, direction, state, group):
         return grad.mul_(self.update_factors([grad], [low_grad], [direction], [state], group)[0])
