@@ -11,6 +11,7 @@ smaller than one quantization step from vanishing on average.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 
 from harness.schema import ConfigError
 from methods.lora import replace_linears
+
+CHUNK_VALUES = 2**22  # weight values per fp32 working chunk (row_chunks)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ def dequantize_int8(codes: torch.Tensor, scale: torch.Tensor, group: int) -> tor
     return (codes.float().reshape(rows, cols // group, group) * scale.unsqueeze(-1)).reshape(rows, cols)
 
 
+def row_chunks(rows: int, cols: int) -> Iterator[slice]:
+    """Row ranges of about CHUNK_VALUES values: the fp32 working copies of a layer's weight are made a chunk at a
+    time (a 4096 × 11008 weight in fp32 is 180 MB; the update's rounding would hold four such at once)."""
+    step = max(1, CHUNK_VALUES // cols)
+    return (slice(start, start + step) for start in range(0, rows, step))
+
+
 class _Int8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer):
@@ -60,7 +70,8 @@ class _Int8Matmul(torch.autograd.Function):
         layer = ctx.layer
         grad_x = grad_out @ layer.weight()
         if layer.updater is not None:
-            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()
+            # in the activations' dtype, as an nn.Linear's weight gradient would be (bf16: half an fp32 one)
+            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).T @ x.reshape(-1, x.shape[-1])
             layer.updater(grad_w)
         return grad_x, None
 
@@ -78,17 +89,22 @@ class Int8Linear(nn.Module):
         self.updater = None  # set by the optimizer; without one the layer is frozen
 
     def weight(self) -> torch.Tensor:
-        return dequantize_int8(self.codes, self.scale, self.group).to(self.dtype)
+        """W in the layer's dtype, each value rounded once from its fp32 dequantization."""
+        out = torch.empty(self.codes.shape, dtype=self.dtype, device=self.codes.device)
+        for rows in row_chunks(*self.codes.shape):
+            out[rows] = dequantize_int8(self.codes[rows], self.scale[rows], self.group)
+        return out
 
     @torch.no_grad()
     def apply_update(self, update: torch.Tensor, lr: float, weight_decay: float) -> None:
-        w = dequantize_int8(self.codes, self.scale, self.group)
-        if weight_decay:
-            w.mul_(1 - lr * weight_decay)
-        w.add_(update, alpha=-lr)
-        codes, scale = quantize_int8(w, self.group, self.generator)
-        self.codes.copy_(codes)  # in place: the optimizer's state is keyed by this tensor
-        self.scale.copy_(scale)
+        for rows in row_chunks(*self.codes.shape):
+            w = dequantize_int8(self.codes[rows], self.scale[rows], self.group)
+            if weight_decay:
+                w.mul_(1 - lr * weight_decay)
+            w.add_(update[rows], alpha=-lr)
+            codes, scale = quantize_int8(w, self.group, self.generator)
+            self.codes[rows] = codes  # in place: the optimizer's state is keyed by this tensor
+            self.scale[rows] = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _Int8Matmul.apply(x, self)
