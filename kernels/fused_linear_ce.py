@@ -20,6 +20,8 @@ vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Not done
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -34,8 +36,10 @@ COLS_ALIGN = 128  # sliced tiles' columns: a multiple, so cuBLAS sees aligned le
 
 
 @triton.jit
-def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, BLOCK_V: tl.constexpr):
-    """Merge one row of a logits tile into that row's running (max, sum of exp, target logit, logit sum)."""
+def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, tile_max_ptr, BLOCK_V: tl.constexpr,
+                       STORE_TILE_MAX: tl.constexpr):
+    """Merge one row of a logits tile into that row's running (max, sum of exp, target logit, logit sum); with
+    STORE_TILE_MAX, also store the row's largest logit in this tile."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * cols
     target = tl.load(y_ptr + row) - col_offset  # the target's column in this tile (may be outside it)
@@ -44,11 +48,13 @@ def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, BLOCK_
     running_sum = tl.load(stats_ptr + n_rows + row)
     target_logit = tl.load(stats_ptr + 2 * n_rows + row)
     logit_sum = tl.load(stats_ptr + 3 * n_rows + row)
+    tile_max = -float("inf")
     for start in range(0, cols, BLOCK_V):
         col = start + offsets
         mask = col < cols
         z = tl.load(z_row + col, mask=mask, other=-float("inf")).to(tl.float32)
-        new_max = tl.maximum(running_max, tl.max(z, axis=0))
+        tile_max = tl.maximum(tile_max, tl.max(z, axis=0))
+        new_max = tl.maximum(running_max, tile_max)
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), axis=0)
         running_max = new_max
         logit_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
@@ -57,6 +63,8 @@ def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, BLOCK_
     tl.store(stats_ptr + n_rows + row, running_sum)
     tl.store(stats_ptr + 2 * n_rows + row, target_logit)
     tl.store(stats_ptr + 3 * n_rows + row, logit_sum)
+    if STORE_TILE_MAX:
+        tl.store(tile_max_ptr + row, tile_max)
 
 
 @triton.jit
@@ -78,15 +86,21 @@ def _tile_grad_kernel(z_ptr, cols, y_ptr, lse_ptr, col_offset, vocab, ignore_ind
         tl.store(z_row + col, (grad * scale).to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_offset: int) -> None:
-    """stats (4 × rows, fp32): running max, sum of exp, target logit, logit sum; updated with the tile z."""
+def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_offset: int,
+               tile_max: torch.Tensor | None = None) -> None:
+    """stats (4 × rows, fp32): running max, sum of exp, target logit, logit sum; updated with the tile z. tile_max
+    (rows, fp32), when given, receives each row's largest logit in z."""
     rows, cols = z.shape
     if triton_runs_on(z):
-        _tile_stats_kernel[(rows,)](z, cols, targets, stats, rows, col_offset,
-                                    BLOCK_V=min(4096, triton.next_power_of_2(cols)))
+        _tile_stats_kernel[(rows,)](z, cols, targets, stats, rows, col_offset, tile_max,
+                                    BLOCK_V=min(4096, triton.next_power_of_2(cols)),
+                                    STORE_TILE_MAX=tile_max is not None)
         return
     z32 = z.float()
-    new_max = torch.maximum(stats[0], z32.amax(dim=1))
+    row_max = z32.amax(dim=1)
+    if tile_max is not None:
+        tile_max.copy_(row_max)
+    new_max = torch.maximum(stats[0], row_max)
     stats[1] = stats[1] * (stats[0] - new_max).exp() + (z32 - new_max[:, None]).exp().sum(dim=1)
     stats[0] = new_max
     stats[3] += z32.sum(dim=1)
@@ -123,41 +137,73 @@ def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, i
     return rows, min(vocab, cols)
 
 
+def kept_slices(tile_max: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, filter_eps: float) -> list[bool]:
+    """Per vocabulary slice of a row tile: does any valid row hold a softmax value ≥ filter_eps there
+    (max logit − lse ≥ log filter_eps)? tile_max: slices × rows. One host synchronization per row tile."""
+    margin = torch.where(valid, tile_max - lse, -float("inf"))
+    return (margin.amax(dim=1) >= math.log(filter_eps)).tolist()
+
+
+def add_skipped_targets(grad_hidden: torch.Tensor, grad_weight: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+                        y: torch.Tensor, rows: slice, keep: list[bool], cols: int, ignore_index: int, coef: float,
+                        chunk: int = 512) -> None:
+    """The −1 of each target's softmax gradient in a skipped slice, added sparsely for the row tile `rows` (h, y):
+    dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i, `chunk` rows at a time (the gathered rows are a temporary)."""
+    skipped = ~torch.tensor(keep, device=y.device)[(y.clamp(min=0) // cols).clamp(max=len(keep) - 1)]
+    index = torch.nonzero((y != ignore_index) & skipped).squeeze(1)
+    dh = grad_hidden[rows]
+    for part in index.split(chunk):
+        dh.index_add_(0, part, weight[y[part]], alpha=coef)
+        grad_weight.index_add_(0, y[part], h[part], alpha=coef)
+
+
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols):
+    def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps):
         n_tokens, vocab = hidden.shape[0], weight.shape[0]
         n_valid = max(int((targets != ignore_index).sum()), 1)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        # every row of dH and of dW is first written by a matmul (out=), then accumulated into: no zero fill to write
-        # and read back
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        grad_weight = torch.empty_like(weight) if need_grad else None
+        filtering = filter_eps is not None and need_grad
+        # exact: every row of dH and of dW is first written by a matmul (out=), then accumulated into — no zero fill
+        # to write and read back; filtering skips slices, so both start at zero and are only accumulated into
+        new = torch.zeros_like if filtering else torch.empty_like
+        grad_hidden = new(hidden) if need_grad else None
+        grad_weight = new(weight) if need_grad else None
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
         total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        slices = range(0, vocab, cols)
         for r0 in range(0, n_tokens, rows):
             h, y = hidden[r0:r0 + rows], targets[r0:r0 + rows]
             stats = torch.zeros(4, h.shape[0], dtype=total.dtype, device=hidden.device)
             stats[0] = -float("inf")
-            for c0 in range(0, vocab, cols):
+            tile_max = torch.empty(len(slices), h.shape[0], dtype=total.dtype, device=hidden.device) \
+                if filtering else [None] * len(slices)
+            for k, c0 in enumerate(slices):
                 w = weight[c0:c0 + cols]
                 z = torch.matmul(h, w.T, out=tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0]))
-                tile_stats(z, y, stats, c0)
+                tile_stats(z, y, stats, c0, tile_max[k])
             lse = stats[0] + stats[1].log()
             losses = lse - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
             total += torch.where(y != ignore_index, losses, 0.0).sum()
             if not need_grad:
                 continue
-            last = range(0, vocab, cols)[-1]
-            for c0 in reversed(range(0, vocab, cols)):  # from the slice whose logits pass 1 left in the tile
+            keep = kept_slices(tile_max, lse, y != ignore_index, filter_eps) if filtering else [True] * len(slices)
+            for k in reversed(range(len(slices))):  # from the slice whose logits pass 1 left in the tile
+                if not keep[k]:
+                    continue
+                c0 = slices[k]
                 w = weight[c0:c0 + cols]
                 z = tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
-                if c0 != last:
+                if k != len(slices) - 1:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, lse, c0, vocab, ignore_index, smoothing, 1.0 / n_valid)
                 dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c0 + cols]
-                torch.matmul(z, w, out=dh) if c0 == last else dh.addmm_(z, w)
-                torch.matmul(z.T, h, out=dw) if r0 == 0 else dw.addmm_(z.T, h)
+                first_dh, first_dw = not filtering and k == len(slices) - 1, not filtering and r0 == 0
+                torch.matmul(z, w, out=dh) if first_dh else dh.addmm_(z, w)
+                torch.matmul(z.T, h, out=dw) if first_dw else dw.addmm_(z.T, h)
+            if filtering:
+                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, cols,
+                                    ignore_index, -1.0 / n_valid)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total / n_valid
 
@@ -167,14 +213,18 @@ class _FusedLinearCE(torch.autograd.Function):
         if grad_hidden is not None:
             grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
             grad_weight.mul_(grad_loss.to(grad_weight.dtype))
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                ignore_index: int = -100, label_smoothing: float = 0.0,
-                               tile: tuple[int, int] | None = None, budget_fraction: float = 0.02) -> torch.Tensor:
+                               tile: tuple[int, int] | None = None, budget_fraction: float = 0.02,
+                               filter_eps: float | None = None) -> torch.Tensor:
     """Mean cross-entropy of hidden (N × D) @ weight (V × D)ᵀ against targets (N), over targets ≠ ignore_index.
-    tile = (rows, cols) of the logits tile; by default from budget_fraction (tile_shape)."""
+    tile = (rows, cols) of the logits tile; by default from budget_fraction (tile_shape). filter_eps: skip, in the
+    gradient, the vocabulary slices of a row tile where every softmax value is below it (as cut-cross-entropy's
+    default does per block, from a recomputed block; here from pass 1's per-row tile maxima, so a skipped slice costs
+    no matmul at all), the targets' −1 there added sparsely; None: the exact gradient."""
     hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     targets = targets.reshape(-1).contiguous()
     if hidden.shape[0] == 0:
@@ -187,5 +237,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                     hidden.element_size())
     if rows < 1 or cols < 1:
         raise ValueError(f"tile={tile}: rows and cols must be >= 1")
+    if filter_eps is not None and (label_smoothing != 0.0 or not 0.0 < filter_eps < 1.0):
+        raise ValueError(f"filter_eps={filter_eps} with label_smoothing={label_smoothing}: filtering needs "
+                         "0 < filter_eps < 1 and no label smoothing (its −ε/V is in every logit's gradient)")
     return _FusedLinearCE.apply(hidden, weight, targets, ignore_index, label_smoothing, rows,
-                                min(cols, weight.shape[0]))
+                                min(cols, weight.shape[0]), filter_eps)

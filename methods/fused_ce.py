@@ -16,6 +16,7 @@ from harness.schema import ConfigError
 # logits tile bytes as a fraction of the two gradients' bytes; below the targets' 2 % and 30 % by what cuBLAS and
 # the per-row statistics take beside the tile
 BUDGET = {"memory": 0.015, "speed": 0.27}
+FILTER_EPS = 2.0**-12  # bf16 eps / 32: cut-cross-entropy's default gradient filter (kernels/fused_linear_ce.py)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Options:
     mode: Literal["memory", "speed"] = "memory"
     label_smoothing: float = 0.0
     ignore_index: int = -100
+    filter_eps: float | None = None  # e.g. FILTER_EPS: skip vocabulary slices whose softmax is below it; None: exact
 
 
 def shifted(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +54,6 @@ def apply(model: torch.nn.Module, options: Options, device: torch.device) -> tor
     def loss_fn(h, weight, targets):
         return fused_linear_cross_entropy(h, weight, targets, ignore_index=options.ignore_index,
                                           label_smoothing=options.label_smoothing,
-                                          budget_fraction=BUDGET[options.mode])
+                                          budget_fraction=BUDGET[options.mode], filter_eps=options.filter_eps)
 
     return install_loss(model, loss_fn)

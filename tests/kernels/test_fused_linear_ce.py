@@ -82,17 +82,70 @@ def test_plain_torch_path_matches_the_kernels():
         targets = y.to(tile.device)
         stats = torch.zeros(4, 7, device=tile.device)
         stats[0] = -float("inf")
+        tile_max = torch.empty(7, device=tile.device)
         if use_kernel:
-            module._tile_stats_kernel[(7,)](tile, 45, targets, stats, 7, 20, BLOCK_V=16)
+            module._tile_stats_kernel[(7,)](tile, 45, targets, stats, 7, 20, tile_max, BLOCK_V=16, STORE_TILE_MAX=True)
             lse = stats[0] + stats[1].log()
             module._tile_grad_kernel[(7,)](tile, 45, targets, lse, 20, 200, -100, 0.1, 0.2, BLOCK_V=16)
         else:
-            module.tile_stats(tile, targets, stats, 20)
+            module.tile_stats(tile, targets, stats, 20, tile_max)
             lse = stats[0] + stats[1].log()
             module.tile_grad(tile, targets, lse, 20, 200, -100, 0.1, 0.2)
-        results.append((stats.cpu(), tile.cpu()))
+        results.append((stats.cpu(), tile.cpu(), tile_max.cpu()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(results[0][2], results[1][2]) and torch.equal(results[1][2], z.amax(dim=1))
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+
+
+def _filtered_case(n, d, v, scale, tile, filter_eps, monkeypatch):
+    """Loss and gradients with filter_eps, the float64 reference's, and the slices kept per row tile."""
+    from kernels import fused_linear_ce as module
+
+    kept = []
+    record = module.kept_slices
+    monkeypatch.setattr(module, "kept_slices", lambda *args: kept.append(record(*args)) or kept[-1])
+    gen = torch.Generator().manual_seed(v)
+    h = (torch.randn(n, d, generator=gen) * scale).to(DEVICE).requires_grad_()
+    w = (torch.randn(v, d, generator=gen) * scale).to(DEVICE).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=gen).to(DEVICE)
+    y[::7] = -100
+    loss = fused_linear_cross_entropy(h, w, y, tile=tile, filter_eps=filter_eps)
+    loss.backward()
+    return (loss, h.grad, w.grad), reference(h, w, y, -100, 0.0), kept
+
+
+def test_filtering_nothing_gives_the_exact_gradient(monkeypatch):
+    ours, ref, kept = _filtered_case(45, 16, 300, 0.5, (16, 64), 1e-30, monkeypatch)
+    assert all(all(k) for k in kept) and len(kept) == 3  # three row tiles, every slice kept
+    assert abs(float(ours[0]) - float(ref[0])) <= 1e-5 * abs(float(ref[0]))
+    assert _relative_error(ours[1], ref[1]) <= 1e-4 and _relative_error(ours[2], ref[2]) <= 1e-4
+
+
+def test_filtering_skips_slices_whose_softmax_is_below_eps_and_keeps_the_targets(monkeypatch):
+    """Peaked logits (large weights): most slices of a row tile hold only softmax values below eps and are skipped;
+    the targets' −1 there is added sparsely. The gradients stay within what was dropped: under eps per value."""
+    ours, ref, kept = _filtered_case(40, 32, 2000, 1.5, (4, 64), 2**-12, monkeypatch)
+    skipped = sum(not k for tile in kept for k in tile)
+    assert 0 < skipped < sum(len(tile) for tile in kept)
+    assert abs(float(ours[0]) - float(ref[0])) <= 1e-5 * abs(float(ref[0]))  # the loss is never filtered
+    assert _relative_error(ours[1], ref[1]) <= 1e-3 and _relative_error(ours[2], ref[2]) <= 1e-3
+
+
+def test_filtering_uniform_logits_skips_everything_but_the_targets(monkeypatch):
+    """Nearly uniform softmax over 5000 entries (each ≈ 2e-4 < eps = bf16 eps / 32, cut-cross-entropy's default):
+    every slice is skipped, the gradient is the targets' part alone, dH_i = −W_{y_i} / n_valid — off from the exact one
+    by the dropped softmax part, a few per cent here."""
+    ours, ref, kept = _filtered_case(24, 16, 5000, 0.01, (24, 1024), 2**-12, monkeypatch)
+    assert not any(k for tile in kept for k in tile)
+    assert _relative_error(ours[1], ref[1]) <= 5e-2 and _relative_error(ours[2], ref[2]) <= 5e-2
+
+
+@pytest.mark.parametrize("eps,smoothing", [(2**-12, 0.1), (0.0, 0.0), (1.5, 0.0)])
+def test_filtering_is_refused_where_it_cannot_apply(eps, smoothing):
+    h, w = torch.randn(5, 8, device=DEVICE), torch.randn(13, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="filter_eps"):
+        fused_linear_cross_entropy(h, w, torch.zeros(5, dtype=torch.long, device=DEVICE), label_smoothing=smoothing,
+                                   filter_eps=eps)
 
 
 def test_benchmark_writes_rows(tmp_path, monkeypatch):
@@ -103,7 +156,7 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     bench_fused_linear_ce.main(["--tokens", "64", "--hidden", "16", "--vocab", "300", "--dtype", "fp32",
                                 "--repeats", "2", "--device", "cpu"])
     rows = read_rows(tmp_path / "results" / "runs" / "kernels" / "fused_linear_ce.rows.jsonl")
-    assert {r["variant"] for r in rows} == {"eager", "ours_memory", "ours_speed"}
+    assert {r["variant"] for r in rows} == {"eager", "ours_memory", "ours_speed", "ours_memory_filtered"}
     assert all(r["status"] == "ok" and r["step_ms"] > 0 and r["bound_bytes"] == (64 + 300) * 16 * 2 for r in rows)
 
 
