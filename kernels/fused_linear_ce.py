@@ -15,8 +15,11 @@ terminal). Memory beyond the two gradients: the R × C tile plus four floats per
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.5 % (tiles of 2048 tokens × a slice of the
-vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Not done: CCE's gradient filtering
-(skipping vocabulary tiles whose softmax gradient is below bf16 resolution), which changes the gradient.
+vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Optional gradient filtering (filter_eps,
+as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per vocabulary slice, and pass 2 skips
+a slice where softmax < filter_eps for every row of the tile — its logits are not recomputed and its two gradient
+matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely (an approximate gradient: each
+dropped value is below filter_eps / n_valid).
 """
 from __future__ import annotations
 
