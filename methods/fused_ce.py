@@ -26,6 +26,11 @@ class Options:
     ignore_index: int = -100
     filter_eps: float | None = None  # e.g. FILTER_EPS: skip vocabulary slices whose softmax is below it; None: exact
 
+    def __post_init__(self):
+        if self.filter_eps is not None and not (0.0 < self.filter_eps < 1.0 and self.label_smoothing == 0.0):
+            raise ConfigError(f"method.transform_options.fused_ce.filter_eps={self.filter_eps} with label_smoothing="
+                              f"{self.label_smoothing}: filtering needs 0 < filter_eps < 1 and label_smoothing=0")
+
 
 def shifted(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict token t+1 from position t: drop the last position and the first label."""

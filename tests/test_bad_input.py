@@ -47,6 +47,11 @@ CASES = [
      "optimizer adamw cannot update INT8 weights; allowed with int8_weights: galore"),
     ("rank above a matrix dimension", ["method=galore", "method.optimizer.rank=65"],
      "method.optimizer.rank=65 exceeds the smallest side (64) of the projected matrices of model llama_tiny"),
+    ("fused-loss filter with label smoothing", ["method=adamw_fused_ce", "method.transform_options.fused_ce.filter_eps"
+                                                "=0.001", "method.transform_options.fused_ce.label_smoothing=0.1"],
+     "filtering needs 0 < filter_eps < 1 and label_smoothing=0"),
+    ("unknown GaLore projection", ["method=galore", "method.optimizer.projection=qr"],
+     "method.optimizer.projection"),
 ]
 
 
