@@ -178,10 +178,7 @@ class PhaseProbe:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize(self.device)
-            # Keep the peak of everything before the probed step: resetting the stats would lose it.
-            self.record.setdefault("peak_allocated_warmup", torch.cuda.max_memory_allocated(self.device))
-            self.record.setdefault("peak_reserved_warmup", torch.cuda.max_memory_reserved(self.device))
-            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)  # the training loop has read the step's peak so far
             self.record[f"allocated_start_{name}"] = torch.cuda.memory_allocated(self.device)
         if self.live is not None:
             self.live.start_window()

@@ -121,6 +121,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     live = LiveTensorProbe() if spec.run.live_tensor_probe else None
     probe = PhaseProbe(device, model, live)
     losses, times_ms = [], []
+    step_peaks, reserved_peak, warmup_reserved = [], 0, 0  # CUDA: each step's allocated peak; reserved peaks
     for step in range(train.steps):
         batch = windows.next().to(device)
         probed = step == train.warmup_steps - 1
@@ -134,6 +135,13 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
             loss = step_fn(model, optimizer, batch, probe.phase if probed else no_phase)
         _sync(device)
         elapsed_ms = (time.perf_counter() - start) * 1000
+        if cuda:  # this step's peaks, then the counters restart (the probed step's phases restart them too)
+            phase_peaks = [v for k, v in probe.record.items() if k.startswith("peak_allocated_")] if probed else []
+            step_peaks.append(max(torch.cuda.max_memory_allocated(device), *phase_peaks))
+            reserved_peak = max(reserved_peak, torch.cuda.max_memory_reserved(device))
+            if step < train.warmup_steps - 1:
+                warmup_reserved = reserved_peak
+            torch.cuda.reset_peak_memory_stats(device)
         value = loss.float().item()
         losses.append(value)
         if not math.isfinite(value):
@@ -156,12 +164,13 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     _sync(device)
     record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
     if cuda:
-        step_phases = ("warmup", "forward", "backward", "optimizer")
-        record["peak_allocated_steps"] = max(torch.cuda.max_memory_allocated(device),
-                                             *(record.get(f"peak_allocated_{k}", 0) for k in step_phases))
+        record["step_peak_allocated"] = step_peaks  # which step sets the job's peak (e.g. the first, allocating state)
+        if train.warmup_steps > 1:
+            record.update(peak_allocated_warmup=max(step_peaks[:train.warmup_steps - 1]),
+                          peak_reserved_warmup=warmup_reserved)
+        record["peak_allocated_steps"] = max(step_peaks)
         record["peak_allocated"] = max(v for k, v in record.items() if k.startswith("peak_allocated_"))
-        record["peak_reserved"] = max(torch.cuda.max_memory_reserved(device),
-                                      *(v for k, v in record.items() if k.startswith("peak_reserved_")))
+        record["peak_reserved"] = max(reserved_peak, *(v for k, v in record.items() if k.startswith("peak_reserved_")))
     tokens_per_step = train.batch_size * train.seq_len
     step_ms = float(np.median(times_ms))
     record.update(step_ms=step_ms, step_ms_p20=_percentile(times_ms, 20), step_ms_p80=_percentile(times_ms, 80),
