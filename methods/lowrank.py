@@ -20,7 +20,7 @@ from torch.optim.adamw import adamw as functional_adamw
 from harness.schema import ConfigError
 from methods.adamw import AdamHyperparameters
 
-BATCH_BYTES = 32 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
+BATCH_BYTES = 128 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,13 @@ class ProjectedAdamW(torch.optim.Optimizer):
         torch._foreach_lerp_(m, lows, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, lows, lows, value=1 - beta2)
-        denominators = torch._foreach_div(v, [1 - beta2 ** s["step"] for s in states])
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, group["eps"])
-        directions = torch._foreach_div(m, [1 - beta1 ** s["step"] for s in states])
-        torch._foreach_div_(directions, denominators)
+        # one temporary list: √v̂ + ε, then its reciprocal times m̂
+        directions = torch._foreach_div(v, [1 - beta2 ** s["step"] for s in states])
+        torch._foreach_sqrt_(directions)
+        torch._foreach_add_(directions, group["eps"])
+        torch._foreach_reciprocal_(directions)
+        torch._foreach_mul_(directions, m)
+        torch._foreach_div_(directions, [1 - beta1 ** s["step"] for s in states])
         return directions
 
     def due_for_refresh(self, state: dict) -> bool:
