@@ -170,7 +170,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
                           peak_reserved_warmup=warmup_reserved)
         record["peak_allocated_steps"] = max(step_peaks)
         record["peak_allocated"] = max(v for k, v in record.items() if k.startswith("peak_allocated_"))
-        record["peak_reserved"] = max(reserved_peak, *(v for k, v in record.items() if k.startswith("peak_reserved_")))
+        record["peak_reserved"] = max([reserved_peak, *(v for k, v in record.items() if k.startswith("peak_reserved_"))])
     tokens_per_step = train.batch_size * train.seq_len
     step_ms = float(np.median(times_ms))
     record.update(step_ms=step_ms, step_ms_p20=_percentile(times_ms, 20), step_ms_p80=_percentile(times_ms, 80),
