@@ -196,6 +196,36 @@ class PhaseProbe:
             self.record[f"live_end_{name}"] = self.live.current
 
 
+class StepPeaks:
+    """CUDA allocated peak of each training step: read at the step's end, then the counters restart (the probed
+    step's phases restart them too, so their peaks join in). Says which step sets a job's peak."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.allocated: list[int] = []
+        self.reserved = self.warmup_reserved = 0
+        self.warmup_steps = 0
+
+    def end_step(self, phase_record: dict, warmup: bool) -> None:
+        phase_peaks = [v for k, v in phase_record.items() if k.startswith("peak_allocated_")]
+        self.allocated.append(max([torch.cuda.max_memory_allocated(self.device), *phase_peaks]))
+        self.reserved = max(self.reserved, torch.cuda.max_memory_reserved(self.device))
+        if warmup:
+            self.warmup_reserved, self.warmup_steps = self.reserved, self.warmup_steps + 1
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def record_into(self, record: dict) -> None:
+        """step_peak_allocated, the warm-up steps' and all steps' peaks, and the overall allocated / reserved peaks
+        (with the load's and the phases' already in `record`)."""
+        record["step_peak_allocated"] = self.allocated
+        if self.warmup_steps:
+            record.update(peak_allocated_warmup=max(self.allocated[:self.warmup_steps]),
+                          peak_reserved_warmup=self.warmup_reserved)
+        record["peak_allocated_steps"] = max(self.allocated)
+        record["peak_allocated"] = max(v for k, v in record.items() if k.startswith("peak_allocated_"))
+        record["peak_reserved"] = max([self.reserved, *(v for k, v in record.items() if k.startswith("peak_reserved_"))])
+
+
 @contextmanager
 def no_phase(name: str):
     yield

@@ -21,6 +21,7 @@ from harness.probes import (
     LiveTensorProbe,
     NvmlSampler,
     PhaseProbe,
+    StepPeaks,
     model_tensors,
     no_phase,
     optimizer_state_tensors,
@@ -121,7 +122,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     live = LiveTensorProbe() if spec.run.live_tensor_probe else None
     probe = PhaseProbe(device, model, live)
     losses, times_ms = [], []
-    step_peaks, reserved_peak, warmup_reserved = [], 0, 0  # CUDA: each step's allocated peak; reserved peaks
+    step_peaks = StepPeaks(device) if cuda else None
     for step in range(train.steps):
         batch = windows.next().to(device)
         probed = step == train.warmup_steps - 1
@@ -135,13 +136,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
             loss = step_fn(model, optimizer, batch, probe.phase if probed else no_phase)
         _sync(device)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        if cuda:  # this step's peaks, then the counters restart (the probed step's phases restart them too)
-            phase_peaks = [v for k, v in probe.record.items() if k.startswith("peak_allocated_")] if probed else []
-            step_peaks.append(max(torch.cuda.max_memory_allocated(device), *phase_peaks))
-            reserved_peak = max(reserved_peak, torch.cuda.max_memory_reserved(device))
-            if step < train.warmup_steps - 1:
-                warmup_reserved = reserved_peak
-            torch.cuda.reset_peak_memory_stats(device)
+        if cuda:
+            step_peaks.end_step(probe.record if probed else {}, warmup=step < train.warmup_steps - 1)
         value = loss.float().item()
         losses.append(value)
         if not math.isfinite(value):
@@ -164,13 +160,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     _sync(device)
     record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
     if cuda:
-        record["step_peak_allocated"] = step_peaks  # which step sets the job's peak (e.g. the first, allocating state)
-        if train.warmup_steps > 1:
-            record.update(peak_allocated_warmup=max(step_peaks[:train.warmup_steps - 1]),
-                          peak_reserved_warmup=warmup_reserved)
-        record["peak_allocated_steps"] = max(step_peaks)
-        record["peak_allocated"] = max(v for k, v in record.items() if k.startswith("peak_allocated_"))
-        record["peak_reserved"] = max([reserved_peak, *(v for k, v in record.items() if k.startswith("peak_reserved_"))])
+        step_peaks.record_into(record)
     tokens_per_step = train.batch_size * train.seq_len
     step_ms = float(np.median(times_ms))
     record.update(step_ms=step_ms, step_ms_p20=_percentile(times_ms, 20), step_ms_p80=_percentile(times_ms, 80),

@@ -2,7 +2,7 @@
 import torch
 from torch.utils._pytree import tree_map_only
 
-from harness.probes import LiveTensorProbe, optimizer_state_tensors, storage_bytes
+from harness.probes import LiveTensorProbe, StepPeaks, optimizer_state_tensors, storage_bytes
 
 
 def test_live_probe_tracks_allocation_and_release_exactly():
@@ -72,3 +72,35 @@ def test_optimizer_state_counts_tensors_kept_inside_objects():
     shared = Projector(torch.zeros(8, 2))
     opt.state[w] = {"step": 3, "exp_avg": torch.zeros(2, 8), "projector": shared, "again": [shared, (shared,)]}
     assert storage_bytes(optimizer_state_tensors(opt)) == 4 * (16 + 16)
+
+
+def test_step_peaks_name_the_step_that_sets_the_peak(monkeypatch):
+    """StepPeaks on fake CUDA counters: each step's peak is read then reset; the probed step's phase peaks join in;
+    warm-up and overall peaks follow, with the load's peak in the overall one."""
+    counters = {"allocated": 0, "reserved": 0}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: counters["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: counters["reserved"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: counters.update(allocated=0, reserved=0))
+    peaks = StepPeaks(torch.device("cuda"))
+    for allocated, reserved, phases, warmup in [(700, 800, {}, True), (900, 1000, {}, True),
+                                                 (100, 1000, {"peak_allocated_backward": 850,
+                                                              "peak_reserved_backward": 1000}, False),
+                                                 (800, 900, {}, False)]:
+        counters.update(allocated=allocated, reserved=reserved)
+        peaks.end_step(phases, warmup)
+        assert counters == {"allocated": 0, "reserved": 0}
+    record = {"peak_allocated_load": 600, "peak_allocated_backward": 850, "peak_reserved_backward": 1000}
+    peaks.record_into(record)
+    assert record["step_peak_allocated"] == [700, 900, 850, 800]
+    assert record["peak_allocated_warmup"] == 900 and record["peak_reserved_warmup"] == 1000
+    assert record["peak_allocated_steps"] == 900 and record["peak_allocated"] == 900
+    assert record["peak_reserved"] == 1000
+
+    no_warmup = StepPeaks(torch.device("cuda"))  # one warm-up step: the probed step is the first
+    counters.update(allocated=500, reserved=640)
+    no_warmup.end_step({}, warmup=False)
+    record = {"peak_allocated_load": 600}
+    no_warmup.record_into(record)
+    assert "peak_allocated_warmup" not in record and record["peak_allocated_steps"] == 500
+    assert record["peak_allocated"] == 600 and record["peak_reserved"] == 640
