@@ -30,7 +30,7 @@ class GaLore8bitAdamW(GaLoreAdamW):
         bias-corrected Adam direction in it, and the updated 8-bit moments in the state."""
         directions = []
         for low, state in zip(lows, states, strict=True):
-            if state.get("m_codes") is None or state["m_codes"].shape != low.shape:
+            if "m_codes" not in state:
                 state.update({k: v for k, v in adamw8bit.init_state(low, self.options.block_size).items()
                               if k != "step"})
             direction = torch.zeros(low.shape, dtype=torch.float32, device=low.device)

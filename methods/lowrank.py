@@ -87,7 +87,7 @@ class ProjectedAdamW(torch.optim.Optimizer):
         galore-torch and apollo-torch do."""
         beta1, beta2 = group["betas"]
         for low, state in zip(lows, states, strict=True):
-            if "exp_avg" not in state or state["exp_avg"].shape != low.shape:
+            if "exp_avg" not in state:
                 state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(low), torch.zeros_like(low)
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
