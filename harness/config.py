@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from harness import CONF_DIR, PROJECT_ROOT
+from harness.nvml import visible_handles
 from harness.schema import ConfigError, JobSpec, TextSpec
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
@@ -155,12 +156,12 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
 
 @lru_cache(maxsize=1)
 def nvidia_gpu_count() -> int:
-    """GPUs NVML can see, without creating a CUDA context in this (parent) process."""
+    """GPUs this process may use (NVML, narrowed by CUDA_VISIBLE_DEVICES), without creating a CUDA context in this (parent) process."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        return int(pynvml.nvmlDeviceGetCount())
+        return len(visible_handles(pynvml))
     except Exception:  # no driver, no library: no GPU
         return 0
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from harness import PROJECT_ROOT
 from harness.config import Job
+from harness.nvml import visible_handles
 from harness.results import write_json_atomic
 
 
@@ -32,16 +33,13 @@ def _last_log_line(log_path) -> str:
 
 
 def gpu_occupants() -> list[int] | None:
-    """PIDs of compute processes already on any visible GPU (NVML; None where NVML or a GPU is absent)."""
+    """PIDs of compute processes already on any GPU visible to this process (NVML; None where NVML or a GPU is absent)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        pids = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            pids += [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
-        return pids
+        return [p.pid for handle in visible_handles(pynvml)
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
     except Exception:  # no driver / no GPU: nothing can occupy it
         return None
 

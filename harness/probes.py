@@ -22,6 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from harness.nvml import visible_handle
+
 
 def inner_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
     """Plain tensors that hold the data of `t` (itself, or a subclass's flattened inner tensors)."""
@@ -129,7 +131,7 @@ class NvmlSampler:
 
         self._nvml = pynvml
         pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._handle = visible_handle(pynvml, device_index)
         self._interval = interval_s
         self._stop = threading.Event()
         self.process_peak: int | None = None

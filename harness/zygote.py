@@ -17,6 +17,8 @@ import signal
 import sys
 import traceback
 
+from harness.nvml import visible_handle
+
 
 @contextlib.contextmanager
 def _cuda_init_caller(torch):
@@ -43,10 +45,9 @@ def _nvml_capability(device=None) -> tuple[int, int]:
     """torch.cuda.get_device_capability of the first visible GPU, read through NVML (no CUDA context)."""
     import pynvml
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
     pynvml.nvmlInit()
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
+        handle = visible_handle(pynvml, 0)
         return tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
     finally:
         pynvml.nvmlShutdown()
