@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.optim.adamw import adamw as functional_adamw
 
 from harness.schema import ConfigError
 from methods.adamw import AdamHyperparameters
@@ -54,6 +53,25 @@ def split_groups(named_params, options) -> list[dict]:
     return [g for g in ({"params": projected, "project": True}, {"params": rest, "project": False}) if g["params"]]
 
 
+def fused_adamw(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
+                betas: tuple[float, float], weight_decay: float, eps: float) -> None:
+    """One AdamW step, p ← p (1 − lr λ) − lr · M̂ / (√V̂ + ε), by torch's fused kernel for each (device, dtype) as
+    it needs them grouped, with moments states[i]["exp_avg"], ["exp_avg_sq"] and the step count states[i]["step"]
+    (already advanced). The kernel reads step counts from the device: they are made for the call (one small
+    temporary per group), not kept in the states, where they would hold a block of device memory all along."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    for (device, _), members in groups.items():
+        counts = [float(states[i]["step"]) for i in members]
+        steps = (torch.full((len(counts),), counts[0], device=device) if len(set(counts)) == 1
+                 else torch.tensor(counts, device=device))
+        torch._fused_adamw_([params[i] for i in members], [grads[i] for i in members],
+                            [states[i]["exp_avg"] for i in members], [states[i]["exp_avg_sq"] for i in members], [],
+                            list(steps.unbind()), lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay,
+                            eps=eps, amsgrad=False, maximize=False)
+
+
 class ProjectedAdamW(torch.optim.Optimizer):
     def __init__(self, groups, options):
         defaults = dict(lr=options.lr, betas=tuple(options.betas), eps=options.eps,
@@ -82,25 +100,15 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     # --- the shared loop --------------------------------------------------------------------------------------
     def adam_directions(self, lows: list[torch.Tensor], states: list[dict], group: dict) -> list[torch.Tensor]:
-        """Bias-corrected Adam directions of the projected gradients, all parameters at once (foreach: a handful of
-        launches per step, not a dozen per matrix). Moments are kept in the gradients' dtype and updated there, as
-        galore-torch and apollo-torch do."""
-        beta1, beta2 = group["betas"]
+        """Bias-corrected Adam directions of the projected gradients, all parameters at once, in the gradients' dtype
+        (the moments too, as galore-torch and apollo-torch keep them): torch's fused AdamW kernel, stepping zeroed
+        "parameters" with lr = −1, leaves N = M̂ / (√V̂ + ε) in them — one pass over the moments instead of the nine
+        of the same rule in foreach operations (at 1B, APOLLO's rank-256 moments are 163 M values per step)."""
         for low, state in zip(lows, states, strict=True):
             if "exp_avg" not in state:
                 state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(low), torch.zeros_like(low)
-        m = [s["exp_avg"] for s in states]
-        v = [s["exp_avg_sq"] for s in states]
-        torch._foreach_lerp_(m, lows, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, lows, lows, value=1 - beta2)
-        # one temporary list: √v̂ + ε, then its reciprocal times m̂
-        directions = torch._foreach_div(v, [1 - beta2 ** s["step"] for s in states])
-        torch._foreach_sqrt_(directions)
-        torch._foreach_add_(directions, group["eps"])
-        torch._foreach_reciprocal_(directions)
-        torch._foreach_mul_(directions, m)
-        torch._foreach_div_(directions, [1 - beta1 ** s["step"] for s in states])
+        directions = [torch.zeros_like(low) for low in lows]
+        fused_adamw(directions, lows, states, -1.0, group["betas"], 0.0, group["eps"])
         return directions
 
     def due_for_refresh(self, state: dict) -> bool:
@@ -140,20 +148,15 @@ class ProjectedAdamW(torch.optim.Optimizer):
 
     def full_rank_step(self, params: list[torch.Tensor], group: dict) -> None:
         """Plain AdamW for the parameters outside the subspace (embeddings, head, norms), moments in the parameter's
-        dtype as torch.optim.AdamW and the reference packages keep them; fused on CUDA, so no full-size fp32
-        temporaries (at 7B the embedding alone is 131 M values)."""
-        fused = all(p.is_cuda and p.dtype in (torch.float16, torch.bfloat16, torch.float32) for p in params)
-        fresh = [p for p in params if not self.state[p]]
-        # the fused kernel reads step counts from the device: one allocation for all of them, not a block each
-        steps = torch.zeros(len(fresh), dtype=torch.float32, device=params[0].device if fused else None)
-        for p, step in zip(fresh, steps, strict=True):
-            self.state[p].update(step=step, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        states = [self.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        functional_adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                         [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], foreach=False,
-                         fused=fused or None, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                         weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+        dtype as torch.optim.AdamW and the reference packages keep them, through the fused kernel (no full-size
+        temporaries; at 7B the embedding alone is 131 M values)."""
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+        fused_adamw(params, [p.grad for p in params], [self.state[p] for p in params], group["lr"], group["betas"],
+                    group["weight_decay"], group["eps"])
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -83,15 +83,15 @@ def test_galore_matches_galore_torch(shape, device, projection, gap):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_parameters_outside_the_subspace_follow_torch_adamw(dtype):
-    """Embeddings, head and norms get torch's AdamW rule with moments in the parameter's dtype (as the reference
-    packages keep them), not fp32 copies."""
+    """Embeddings, head and norms get torch's (fused) AdamW, bit for bit, with moments in the parameter's dtype (as
+    the reference packages keep them), not fp32 copies."""
     gen = torch.Generator().manual_seed(3)
     w0 = torch.randn(9, 4, generator=gen).to(dtype)
     grads = [torch.randn(9, 4, generator=gen).to(dtype) for _ in range(10)]
     ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
     opt = galore.build([("model.embed_tokens.weight", ours)],
                        parse(galore.Options, {"lr": 0.01, "weight_decay": 0.1}, "m"), torch.device("cpu"))
-    reference = torch.optim.AdamW([theirs], lr=0.01, weight_decay=0.1, foreach=False)
+    reference = torch.optim.AdamW([theirs], lr=0.01, weight_decay=0.1, fused=True)
     run_optimizer(opt, [ours], [[g] for g in grads])
     run_optimizer(reference, [theirs], [[g] for g in grads])
     torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=0, atol=0)

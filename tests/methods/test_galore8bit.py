@@ -81,6 +81,6 @@ def test_galore8bit_tracks_galore_torch8bit():
         galore8bit.build([("mlp.w", ours)], parse(galore8bit.Options, {"lr": 0.01, "rank": 32, "update_gap": 10,
                                                                         "projection": "svd"}, "m"),
                          torch.device("cuda")),
-        galore_torch.GaLoreAdamW8bit([{"params": [theirs], **group}], lr=0.01),
+        galore_torch.GaLoreAdamW8bit([{"params": [theirs], **group}], lr=0.01, weight_decay=0.0),  # its default: 0.01
         galore_torch.GaLoreAdamW([{"params": [full], **group}], lr=0.01, no_deprecation_warning=True)]
     assert_tracks_reference((ours, theirs, full), optimizers, grads)
