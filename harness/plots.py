@@ -77,14 +77,15 @@ def _pareto_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path 
     return path
 
 
-def pareto(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+def pareto(table: pd.DataFrame, out_dir: Path, throughput: bool = True) -> list[Path]:
+    """pareto_memory.png and (unless throughput=False: rows from different GPUs) pareto_throughput.png."""
     mem_col, mem_label = _memory_column(table)
     scale, unit = _unit(table[mem_col].dropna()) if table[mem_col].notna().any() else (GIB, "GiB")
     written = [
         _pareto_plot(table, mem_col, f"{mem_label}, {unit}", True, scale, out_dir / "pareto_memory.png",
                      "eval loss vs peak memory\n(lower-left is better; red: Pareto front; bars: spread over repeats)"),
         _pareto_plot(table, "tokens_per_s", "throughput, tokens/s", False, 1.0, out_dir / "pareto_throughput.png",
-                     "eval loss vs throughput\n(lower-right is better; red: Pareto front)"),
+                     "eval loss vs throughput\n(lower-right is better; red: Pareto front)") if throughput else None,
     ]
     return [p for p in written if p is not None]
 
