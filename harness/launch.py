@@ -206,7 +206,7 @@ def run_job(job: Job, provenance: dict) -> dict:
     # the job's whole environment (a forked job gets it from the request), and its start for startup_s
     env = {**os.environ, "MEMBENCH_LAUNCHED_AT": repr(time.time())}
     launcher = "spawn" if "failed" in _ZYGOTES else job.spec.run.launcher
-    start = time.monotonic()
+    start, returncode, lost, interrupted = time.monotonic(), None, None, False
     try:
         try:
             returncode = (_wait_forked if launcher == "fork" else _wait_spawned)(job, log_path, env)
@@ -216,15 +216,16 @@ def run_job(job: Job, provenance: dict) -> dict:
             launcher = "spawn"
             returncode = _wait_spawned(job, log_path, env)
     except EOFError as e:  # the fork server died while the job ran: what became of the job is unknown
-        row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
-        return {**row, "status": "error", "error": f"run.launcher=fork: {e} (run.launcher=spawn avoids the server)"}
+        lost = f"run.launcher=fork: {e} (run.launcher=spawn avoids the server)"
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM to the sweep: the job is already killed (the waits' cleanup)
-        row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
+        interrupted = True
+    row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
+    if interrupted:
         raise Interrupted({**row, "status": "interrupted", "error": (
             f"the sweep was interrupted {row['wall_s']:.0f} s into the job; "
             f"last log line: {_last_log_line(log_path)}")[:400]}) from None
-    row["launcher"] = launcher
-    row["wall_s"] = round(time.monotonic() - start, 3)
+    if lost:
+        return {**row, "status": "error", "error": lost}
     if returncode is None:
         return {**row, "status": "timeout", "error": f"no result after run.timeout_s={job.spec.run.timeout_s:g} s; "
                                                       f"last log line: {_last_log_line(log_path)}"[:400]}
