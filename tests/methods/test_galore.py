@@ -5,6 +5,7 @@ import torch
 
 from harness.schema import parse
 from methods import galore
+from methods.lowrank import fused_adamw
 from tests.methods import lowrank_reference as ref
 from tests.methods.common import DEVICES, run_optimizer
 
@@ -96,3 +97,25 @@ def test_parameters_outside_the_subspace_follow_torch_adamw(dtype):
     run_optimizer(reference, [theirs], [[g] for g in grads])
     torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=0, atol=0)
     assert opt.state[ours]["exp_avg"].dtype == dtype
+
+
+def test_fused_adamw_groups_dtypes_and_steps_like_torch():
+    """lowrank.fused_adamw over parameters of two dtypes at different step counts: each one bit for bit torch's
+    fused AdamW at its own step (the kernel needs one dtype per call, and the step counts are made per call)."""
+    gen = torch.Generator().manual_seed(5)
+    shapes_dtypes = [((5, 3), torch.float32), ((4,), torch.bfloat16), ((2, 7), torch.float32)]
+    ours = [torch.randn(s, generator=gen).to(d) for s, d in shapes_dtypes]
+    theirs = [torch.nn.Parameter(p.clone()) for p in ours]
+    references = [torch.optim.AdamW([p], lr=0.01, weight_decay=0.1, fused=True) for p in theirs]
+    states = [{"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)} for p in ours]
+    for t in range(4):
+        stepping = [i for i in range(3) if t > 0 or i == 0]  # one fp32 parameter a step ahead of the other
+        grads = [torch.randn(ours[i].shape, generator=gen).to(ours[i].dtype) for i in stepping]
+        for i, g in zip(stepping, grads, strict=True):
+            states[i]["step"] += 1
+            theirs[i].grad = g.clone()
+            references[i].step()
+        fused_adamw([ours[i] for i in stepping], grads, [states[i] for i in stepping], 0.01, (0.9, 0.999), 0.1,
+                    1e-8)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
