@@ -156,7 +156,8 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
 
 @lru_cache(maxsize=1)
 def nvidia_gpu_count() -> int:
-    """GPUs this process may use (NVML, narrowed by CUDA_VISIBLE_DEVICES), without creating a CUDA context in this (parent) process."""
+    """GPUs this process may use (NVML, narrowed by CUDA_VISIBLE_DEVICES), without creating a CUDA context in this
+    (parent) process."""
     try:
         import pynvml
 

@@ -33,7 +33,8 @@ def _last_log_line(log_path) -> str:
 
 
 def gpu_occupants() -> list[int] | None:
-    """PIDs of compute processes already on any GPU visible to this process (NVML; None where NVML or a GPU is absent)."""
+    """PIDs of compute processes already on any GPU visible to this process (NVML; None where NVML or a GPU is
+    absent)."""
     try:
         import pynvml
 

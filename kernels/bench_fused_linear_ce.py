@@ -115,8 +115,8 @@ def main(argv=None) -> None:
                 r["time_over_compile"] = r["step_ms"] / base["step_ms"]
         rows += batch
     path = write_rows("fused_linear_ce", rows, device)
-    print_table(rows, ["vocab", "input_scale", "variant", "status", "step_ms", "time_over_compile", "peak_beyond_inputs",
-                       "bound_bytes", "peak_over_bound"])
+    print_table(rows, ["vocab", "input_scale", "variant", "status", "step_ms", "time_over_compile",
+                       "peak_beyond_inputs", "bound_bytes", "peak_over_bound"])
     print(f"rows: {path}")
 
 
