@@ -22,32 +22,38 @@ import triton.language as tl
 
 from methods.quant import dynamic_map, midpoints
 
-GUESS_SHIFT = tl.constexpr(15)  # 23 mantissa bits less the 8 that index the table
-GUESS_KEY_MIN = tl.constexpr(103 << 8)  # |x| < 2^-24 (below every nonzero midpoint) all land in bucket 0
-GUESS_BUCKETS = tl.constexpr((127 << 8) - (103 << 8) + 1)  # up to |x| in [1, 1 + 2^-8)
+KEY_EXPONENT_MIN = tl.constexpr(103)  # |x| < 2^-24 (below every nonzero midpoint) all land in bucket 0
+KEY_EXPONENTS = tl.constexpr(127 - 103)  # buckets up to |x| in [1, 1 + 2^-key_bits)
+# mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
+# the table, the fewer L1 lines one warp's lookups touch
+SIGNED_KEY_BITS, UNSIGNED_KEY_BITS = 6, 7
 
 
-def guess_table(mid: torch.Tensor) -> torch.Tensor:
-    """uint8 [2 · GUESS_BUCKETS]: for a bucket [lo, hi) of |x|, #{mid < lo} (x ≥ 0), then #{mid ≤ −hi} (x < 0)."""
-    keys = torch.arange(GUESS_KEY_MIN.value, GUESS_KEY_MIN.value + GUESS_BUCKETS.value, dtype=torch.int64)
-    lo = (keys << GUESS_SHIFT.value).to(torch.int32).view(torch.float32).clone()
-    hi = ((keys + 1) << GUESS_SHIFT.value).to(torch.int32).view(torch.float32)
+def guess_table(mid: torch.Tensor, key_bits: int) -> torch.Tensor:
+    """uint8 [2 · buckets]: for a bucket [lo, hi) of |x| (exponent and top key_bits mantissa bits of the float),
+    #{mid < lo} (x ≥ 0), then #{mid ≤ −hi} (x < 0)."""
+    key_min, buckets = KEY_EXPONENT_MIN.value << key_bits, (KEY_EXPONENTS.value << key_bits) + 1
+    keys = torch.arange(key_min, key_min + buckets, dtype=torch.int64)
+    lo = (keys << (23 - key_bits)).to(torch.int32).view(torch.float32).clone()
+    hi = ((keys + 1) << (23 - key_bits)).to(torch.int32).view(torch.float32)
     lo[0] = 0.0
     below_pos, below_neg = torch.searchsorted(mid, lo), torch.searchsorted(mid, -hi, right=True)
     inside_pos = torch.searchsorted(mid, hi) - below_pos
     inside_neg = torch.searchsorted(mid, -lo, right=True) - below_neg
     if max(int(inside_pos.max()), int(inside_neg.max())) > 1:
-        raise ValueError("code book spacing finer than the guess table's buckets")
+        raise ValueError(f"code book spacing finer than the guess table's buckets at {key_bits} key bits")
     return torch.cat([below_pos, below_neg]).to(torch.uint8)
 
 
 @triton.jit
-def _nearest_code_table(x, guess_ptr, mid_ptr):
+def _nearest_code_table(x, guess_ptr, mid_ptr, KEY_BITS: tl.constexpr):
     """#{midpoints < x} by table: mid_ptr holds the 255 midpoints and +inf."""
+    buckets: tl.constexpr = (KEY_EXPONENTS << KEY_BITS) + 1
     bits = x.to(tl.int32, bitcast=True)
-    bucket = tl.minimum(tl.maximum(((bits & 0x7FFFFFFF) >> GUESS_SHIFT) - GUESS_KEY_MIN, 0), GUESS_BUCKETS - 1)
-    guess = tl.load(guess_ptr + bucket + tl.where(bits < 0, GUESS_BUCKETS, 0)).to(tl.int32)
-    return guess + (tl.load(mid_ptr + guess) < x).to(tl.int32)
+    key = ((bits & 0x7FFFFFFF) >> (23 - KEY_BITS)) - (KEY_EXPONENT_MIN << KEY_BITS)
+    bucket = tl.minimum(tl.maximum(key, 0), buckets - 1)
+    guess = tl.load(guess_ptr + bucket + tl.where(bits < 0, buckets, 0), eviction_policy="evict_last").to(tl.int32)
+    return guess + (tl.load(mid_ptr + guess, eviction_policy="evict_last") < x).to(tl.int32)
 
 
 @triton.jit
@@ -77,17 +83,21 @@ def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
 def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_absmax_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr, signed_guess_ptr, unsigned_guess_ptr,
                       n, n_blocks, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
-                      BLOCK: tl.constexpr, ROWS: tl.constexpr, TO_BF16: tl.constexpr, BY_TABLE: tl.constexpr):
+                      BLOCK: tl.constexpr, ROWS: tl.constexpr, TO_BF16: tl.constexpr, BY_TABLE: tl.constexpr,
+                      SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's quantization blocks
     row_mask = rows < n_blocks
     offs = rows[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = offs < n
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    theta = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
-    v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0).to(tl.int32)
-    m = tl.load(signed_ptr + m_code) * tl.load(m_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
-    v = tl.load(unsigned_ptr + v_code) * tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    # STREAM: the values read once bypass L1 (".cg"), which then holds only the code books and tables
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0, cache_modifier=STREAM).to(tl.float32)
+    theta = tl.load(p_ptr + offs, mask=mask, other=0.0, cache_modifier=STREAM).to(tl.float32)
+    m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0, cache_modifier=STREAM).to(tl.int32)
+    v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0, cache_modifier=STREAM).to(tl.int32)
+    m = tl.load(signed_ptr + m_code, eviction_policy="evict_last") * \
+        tl.load(m_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    v = tl.load(unsigned_ptr + v_code, eviction_policy="evict_last") * \
+        tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
     theta = theta * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
@@ -101,8 +111,8 @@ def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_ab
     m_normalized = m / tl.maximum(m_absmax, 1.1754943508222875e-38)[:, None]
     v_normalized = v / tl.maximum(v_absmax, 1.1754943508222875e-38)[:, None]
     if BY_TABLE:
-        m_codes = _nearest_code_table(m_normalized, signed_guess_ptr, signed_mid_ptr)
-        v_codes = _nearest_code_table(v_normalized, unsigned_guess_ptr, unsigned_mid_ptr)
+        m_codes = _nearest_code_table(m_normalized, signed_guess_ptr, signed_mid_ptr, SIGNED_BITS)
+        v_codes = _nearest_code_table(v_normalized, unsigned_guess_ptr, unsigned_mid_ptr, UNSIGNED_BITS)
     else:
         m_codes = _nearest_code(m_normalized, signed_mid_ptr)
         v_codes = _nearest_code(v_normalized, unsigned_mid_ptr)
@@ -115,20 +125,23 @@ def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_ab
 _TABLES: dict = {}
 
 
-def _tables(device: torch.device):
-    if device not in _TABLES:
+def _tables(device: torch.device, key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS)):
+    """Code books (signed, unsigned), their midpoints (+inf appended), their guess tables at key_bits."""
+    if (device, key_bits) not in _TABLES:
         books = dynamic_map(True), dynamic_map(False)
         mids = [torch.cat([midpoints(book), torch.tensor([float("inf")])]) for book in books]
-        _TABLES[device] = [t.to(device) for t in (*books, *mids, *map(guess_table, mids))]
-    return _TABLES[device]
+        guesses = [guess_table(mid, bits) for mid, bits in zip(mids, key_bits)]
+        _TABLES[device, key_bits] = [t.to(device) for t in (*books, *mids, *guesses)]
+    return _TABLES[device, key_bits]
 
 
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
                    eps: float, weight_decay: float, step: float, block: int = 256, rows: int = 1,
-                   num_warps: int = 1, nearest: str = "table") -> None:
+                   num_warps: int = 1, nearest: str = "table",
+                   key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True) -> None:
     """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax. Each program
-    updates `rows` quantization blocks with `num_warps` warps; nearest: "table" or "binary" (bench_adamw8bit times
-    a grid of the three)."""
+    updates `rows` quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa bits of its
+    keys for m and v) or "binary"; stream: read θ, g and the codes past L1. bench_adamw8bit times a grid of these."""
     if not (p.is_contiguous() and grad.is_contiguous()):
         raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
     if block & (block - 1):
@@ -140,8 +153,10 @@ def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, 
     n = p.numel()
     n_blocks = triton.cdiv(n, block)
     _adamw8bit_kernel[(triton.cdiv(n_blocks, rows),)](
-        p, grad, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"], *_tables(p.device),
+        p, grad, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"],
+        *_tables(p.device, tuple(key_bits)),
         # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
         n, n_blocks, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
         (1.0 - beta2**step) ** 0.5,
-        BLOCK=block, ROWS=rows, TO_BF16=p.dtype == torch.bfloat16, BY_TABLE=nearest == "table", num_warps=num_warps)
+        BLOCK=block, ROWS=rows, TO_BF16=p.dtype == torch.bfloat16, BY_TABLE=nearest == "table",
+        SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1], STREAM=".cg" if stream else "", num_warps=num_warps)

@@ -26,6 +26,16 @@ def llama_shapes(model: str) -> list[tuple[int, ...]]:
     return [(v, h)] + per_layer * c["num_hidden_layers"] + [(h,), (v, h)]
 
 
+def kernel_grid() -> list[dict]:
+    """Blocks per program × warps, the table's key width (8 bits: one table line per half octave), streaming loads
+    on/off (_l1: θ, g and codes cached in L1 beside the tables), and the binary search."""
+    shapes = [(1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (8, 4), (8, 8), (16, 8)]
+    grid = [{"nearest": "table", "rows": r, "num_warps": w} for r, w in shapes]
+    grid += [{"nearest": "table", "rows": 1, "num_warps": 1, **extra} for extra in
+             ({"stream": False}, {"key_bits": (8, 8)}, {"key_bits": (8, 8), "stream": False})]
+    return grid + [{"nearest": "binary", "rows": r, "num_warps": w} for r, w in ((1, 1), (4, 4))]
+
+
 def _reference_optimizers() -> dict:
     out = {}
     try:
@@ -55,12 +65,11 @@ def main(argv=None) -> None:
     n_params = sum(torch.Size(s).numel() for s in shapes)
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
                 "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
-    if device.type == "cuda":  # the kernel's other options (default: table, 1 block per program, 1 warp)
-        grid = [(nearest, rows, warps) for nearest in ("table", "binary") for rows, warps in
-                ((1, 1), (1, 2), (1, 4), (1, 8), (2, 2), (2, 4), (4, 4))]
-        variants.update({f"ours_kernel_{nearest}_r{rows}_w{warps}": partial(
-            AdamW8bit, lr=1e-4, kernel_options={"rows": rows, "num_warps": warps, "nearest": nearest})
-            for nearest, rows, warps in grid if (nearest, rows, warps) != ("table", 1, 1)})
+    if device.type == "cuda":  # the kernel's other options (default: table, 6/7 key bits, stream, 1 block, 1 warp)
+        for options in kernel_grid():
+            name = "ours_kernel_{nearest}_r{rows}_w{num_warps}".format(**options) + \
+                ("_k8" if options.get("key_bits") else "") + ("" if options.get("stream", True) else "_l1")
+            variants[name] = partial(AdamW8bit, lr=1e-4, kernel_options=options)
     rows = []
     for name, factory in variants.items():
         row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,

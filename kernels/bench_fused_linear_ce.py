@@ -15,7 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from kernels.benchmark import peak_bytes, print_table, time_ms, write_rows
+from kernels.benchmark import peak_bytes, print_table, profile_table, time_ms, write_rows
 from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
 from methods.fused_ce import BUDGET, FILTER_EPS
 
@@ -58,7 +58,8 @@ def variants(device: torch.device) -> dict:
     return out
 
 
-def measure(name, fn, n, d, v, dtype, device, repeats, input_scale=0.05) -> dict:
+def measure(name, fn, n, d, v, dtype, device, repeats, input_scale=0.05, profile=False) -> dict:
+    """The row of one variant at one shape; profile: print the profiler's kernel table instead of timing."""
     gen = torch.Generator(device=device).manual_seed(0)
     h = (torch.randn(n, d, generator=gen, device=device) * input_scale).to(dtype).requires_grad_()
     w = (torch.randn(v, d, generator=gen, device=device) * input_scale).to(dtype).requires_grad_()
@@ -72,6 +73,9 @@ def measure(name, fn, n, d, v, dtype, device, repeats, input_scale=0.05) -> dict
         h.grad = w.grad = None
         fn(h, w, y).backward()
 
+    if profile:
+        print(f"--- {name}, {row['shape']}\n{profile_table(step, device)}")
+        return row
     try:
         median, p20, p80 = time_ms(step, device, warmup=3, repeats=repeats)
         h.grad = w.grad = None
@@ -95,12 +99,18 @@ def main(argv=None) -> None:
     # 0.05 gives logits of std 0.16 at hidden 4096 (nearly uniform: gradient filters skip almost every block);
     # 0.22 gives std ~3, peaked like a trained head's, where they skip far less
     parser.add_argument("--input-scale", type=float, default=0.05, help="std of the random hidden states and weight")
+    parser.add_argument("--profile", nargs="+", metavar="VARIANT",
+                        help="print these variants' per-kernel time tables instead of benchmarking")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     rows = []
     for vocab in args.vocab:
         batch = []
         for name, fn in variants(device).items():
+            if args.profile:
+                if name in args.profile and not isinstance(fn, str):
+                    measure(name, fn, args.tokens, args.hidden, vocab, dtype, device, 0, args.input_scale, True)
+                continue
             if isinstance(fn, str):
                 batch.append({"kernel": "fused_linear_ce", "variant": name, "vocab": vocab, "status": "skipped",
                               "error": fn, "shape": f"{args.tokens}x{args.hidden}x{vocab}"})
@@ -114,6 +124,8 @@ def main(argv=None) -> None:
             if base and "step_ms" in r:
                 r["time_over_compile"] = r["step_ms"] / base["step_ms"]
         rows += batch
+    if args.profile:
+        return
     path = write_rows("fused_linear_ce", rows, device)
     print_table(rows, ["vocab", "input_scale", "variant", "status", "step_ms", "time_over_compile",
                        "peak_beyond_inputs", "bound_bytes", "peak_over_bound"])

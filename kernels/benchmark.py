@@ -61,6 +61,20 @@ def peak_bytes(fn, device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated() - base
 
 
+def profile_table(fn, device: torch.device, warmup: int = 3, rows: int = 12) -> str:
+    """torch.profiler's per-kernel table of one fn() after warm-up, sorted by device time: where the time goes."""
+    for _ in range(warmup):
+        fn()
+    activities = [torch.profiler.ProfilerActivity.CPU] + \
+        ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+
+
 def write_rows(name: str, rows: list[dict], device: torch.device, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or PROJECT_ROOT / "results" / "runs" / "kernels"
     path = out_dir / f"{name}.rows.jsonl"

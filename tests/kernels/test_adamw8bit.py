@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.adamw8bit import _nearest_code, _nearest_code_table, _tables, adamw8bit_step
+from kernels.adamw8bit import _nearest_code, _nearest_code_table, _tables, adamw8bit_step, guess_table
 from methods.adamw8bit import _step_torch, init_state
 from methods.quant import dynamic_map, midpoints
 
@@ -18,12 +18,12 @@ def reference_step(p, g, state, lr, b1, b2, eps, wd, step, block):
 
 
 @triton.jit
-def nearest(y_ptr, out_ptr, mid_ptr, guess_ptr, n, B: tl.constexpr, BY_TABLE: tl.constexpr):
+def nearest(y_ptr, out_ptr, mid_ptr, guess_ptr, n, B: tl.constexpr, BY_TABLE: tl.constexpr, KEY_BITS: tl.constexpr):
     offs = tl.program_id(0) * B + tl.arange(0, B)
     mask = offs < n
     y = tl.load(y_ptr + offs, mask=mask, other=0.0)
     if BY_TABLE:
-        tl.store(out_ptr + offs, _nearest_code_table(y, guess_ptr, mid_ptr), mask=mask)
+        tl.store(out_ptr + offs, _nearest_code_table(y, guess_ptr, mid_ptr, KEY_BITS), mask=mask)
     else:
         tl.store(out_ptr + offs, _nearest_code(y, mid_ptr), mask=mask)
 
@@ -81,22 +81,33 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     assert ours["status"] == "ok" and 2.0 < ours["state_bytes_per_param"] <= 2.05
 
 
-@pytest.mark.parametrize("by_table", [True, False])
-@pytest.mark.parametrize("signed", [True, False])
-def test_nearest_code_equals_bucketize(signed, by_table):
-    """Both of the kernel's searches for the nearest code are exact: the critical values are the midpoints (and their
-    float neighbours), the decade edges and the table's bucket edges (powers of two), all included."""
+@pytest.mark.parametrize("signed,key_bits", [(True, 6), (True, 8), (False, 7), (False, 8), (True, None),
+                                             (False, None)])
+def test_nearest_code_equals_bucketize(signed, key_bits):
+    """Both of the kernel's searches for the nearest code (key_bits None: the binary search) are exact: the critical
+    values are the midpoints (and their float neighbours), the decade edges and the table's bucket edges, all
+    included."""
     mid = midpoints(dynamic_map(signed)).contiguous()
-    _, _, *mids_and_guesses = _tables(torch.device(DEVICE))
+    bits = key_bits or 8
+    _, _, *mids_and_guesses = _tables(torch.device(DEVICE), (bits, 8) if signed else (8, bits))
     mid_padded, guess = mids_and_guesses[0 if signed else 1], mids_and_guesses[2 if signed else 3]
-    edges = torch.tensor([10.0**e for e in range(-8, 1)] + [2.0**e for e in range(-30, 1)] + [0.0, 1.0 + 2**-8])
+    bucket_edges = torch.arange(103 << bits, (127 << bits) + 2) << (23 - bits)
+    edges = torch.cat([torch.tensor([10.0**e for e in range(-8, 1)] + [0.0]),
+                       bucket_edges.to(torch.int32).view(torch.float32)])
     y = torch.cat([torch.linspace(0, 1, 20001), torch.logspace(-9, 0, 20001), mid, edges,
                    torch.nextafter(mid, torch.tensor(2.0)), torch.nextafter(mid, torch.tensor(-2.0)),
                    torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-2.0))]).float()
-    y = y[(y >= 0) & (y <= 1 + 2**-8)]
+    y = y[(y >= 0) & (y <= 1.1)]
     if signed:
         y = torch.cat([y, -y])
     y = y.contiguous().to(DEVICE)
     out = torch.empty(y.numel(), dtype=torch.int32, device=DEVICE)
-    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid_padded, guess, y.numel(), B=1024, BY_TABLE=by_table)
+    nearest[(triton.cdiv(y.numel(), 1024),)](y, out, mid_padded, guess, y.numel(), B=1024,
+                                             BY_TABLE=key_bits is not None, KEY_BITS=bits)
     torch.testing.assert_close(out.long(), torch.bucketize(y, mid.to(DEVICE)), rtol=0, atol=0)
+
+
+def test_guess_table_rejects_buckets_wider_than_the_code_spacing():
+    mid = torch.cat([midpoints(dynamic_map(False)), torch.tensor([float("inf")])])
+    with pytest.raises(ValueError, match="6 key bits"):
+        guess_table(mid, 6)
