@@ -130,7 +130,7 @@ def _tables(device: torch.device, key_bits: tuple[int, int] = (SIGNED_KEY_BITS, 
     if (device, key_bits) not in _TABLES:
         books = dynamic_map(True), dynamic_map(False)
         mids = [torch.cat([midpoints(book), torch.tensor([float("inf")])]) for book in books]
-        guesses = [guess_table(mid, bits) for mid, bits in zip(mids, key_bits)]
+        guesses = [guess_table(mid, bits) for mid, bits in zip(mids, key_bits, strict=True)]
         _TABLES[device, key_bits] = [t.to(device) for t in (*books, *mids, *guesses)]
     return _TABLES[device, key_bits]
 
