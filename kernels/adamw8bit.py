@@ -16,6 +16,8 @@ step through a table of addresses (18.3 ms); the nearest code from the map's str
 """
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import triton
 import triton.language as tl
@@ -80,13 +82,40 @@ def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
 
 
 @triton.jit
-def _adamw8bit_kernel(p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr, v_codes_ptr, v_absmax_ptr,
+def _element_offset(offsets_ptr, column: tl.constexpr, base_ptr, ALIGNED: tl.constexpr):
+    """A tensor's start, in elements from base_ptr; ALIGNED: the start is 16-byte aligned (vectorized access)."""
+    offset = tl.load(offsets_ptr + column)
+    if ALIGNED:
+        offset = tl.multiple_of(offset, 128 // base_ptr.dtype.element_ty.primitive_bitwidth)
+    return offset
+
+
+@triton.jit
+def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base, v_absmax_base, offsets_ptr,
+                      numels_ptr, first_program_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr, signed_guess_ptr, unsigned_guess_ptr,
-                      n, n_blocks, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
+                      beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
                       BLOCK: tl.constexpr, ROWS: tl.constexpr, TO_BF16: tl.constexpr, BY_TABLE: tl.constexpr,
-                      SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's quantization blocks
-    row_mask = rows < n_blocks
+                      SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr,
+                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr):
+    # this program's work: ROWS quantization blocks of the tensor whose first program is the last one ≤ this one
+    # (a branchless binary search over the 2^LOG_TENSORS first programs, padded), whose six storages start at the
+    # given element offsets from the first tensor's
+    pid = tl.program_id(0).to(tl.int64)
+    tensor = 0
+    for level in tl.static_range(LOG_TENSORS):
+        probe = tensor + (1 << (LOG_TENSORS - 1 - level))
+        tensor = tl.where(tl.load(first_program_ptr + probe) <= pid, probe, tensor)
+    rows = (pid - tl.load(first_program_ptr + tensor)) * ROWS + tl.arange(0, ROWS)
+    starts = offsets_ptr + 6 * tensor
+    p_ptr = p_base + _element_offset(starts, 0, p_base, ALIGNED)
+    g_ptr = g_base + _element_offset(starts, 1, g_base, ALIGNED)
+    m_codes_ptr = m_codes_base + _element_offset(starts, 2, m_codes_base, ALIGNED)
+    m_absmax_ptr = m_absmax_base + tl.load(starts + 3)
+    v_codes_ptr = v_codes_base + _element_offset(starts, 4, v_codes_base, ALIGNED)
+    v_absmax_ptr = v_absmax_base + tl.load(starts + 5)
+    n = tl.load(numels_ptr + tensor)
+    row_mask = rows < tl.cdiv(n, BLOCK)
     offs = rows[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = offs < n
     # STREAM: the values read once bypass L1 (".cg"), which then holds only the code books and tables
@@ -136,27 +165,48 @@ def _tables(device: torch.device, key_bits: tuple[int, int] = (SIGNED_KEY_BITS, 
 
 
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
-                   eps: float, weight_decay: float, step: float, block: int = 256, rows: int = 1,
-                   num_warps: int = 1, nearest: str = "table",
-                   key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True) -> None:
-    """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax. Each program
-    updates `rows` quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa bits of its
-    keys for m and v) or "binary"; stream: read θ, g and the codes past L1. bench_adamw8bit times a grid of these."""
-    if not (p.is_contiguous() and grad.is_contiguous()):
-        raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
+                   eps: float, weight_decay: float, step: float, **options) -> None:
+    """In-place 8-bit AdamW step of one parameter; `state` holds m_codes, m_absmax, v_codes, v_absmax."""
+    adamw8bit_step_many([p], [grad], [state], lr, beta1, beta2, eps, weight_decay, [step], **options)
+
+
+def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
+                        beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
+                        block: int = 256, rows: int = 1, num_warps: int = 1, nearest: str = "table",
+                        key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True) -> None:
+    """In-place 8-bit AdamW step of many parameters, one launch per (dtypes, step count) group: launching once per
+    tensor costs the host more time than the GPU takes for LLaMA-1b's 219 tensors. Each program updates `rows`
+    quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa bits of its keys for m and v)
+    or "binary"; stream: read θ, g and the codes past L1. bench_adamw8bit times a grid of these."""
     if block & (block - 1):
         raise ValueError(f"the kernel needs a power-of-two block, got {block}")
     if nearest not in ("table", "binary"):
         raise ValueError(f"nearest={nearest!r}: one of 'table', 'binary'")
     if rows & (rows - 1):
         raise ValueError(f"the kernel needs a power-of-two number of blocks per program, got {rows}")
-    n = p.numel()
-    n_blocks = triton.cdiv(n, block)
-    _adamw8bit_kernel[(triton.cdiv(n_blocks, rows),)](
-        p, grad, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"],
-        *_tables(p.device, tuple(key_bits)),
-        # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
-        n, n_blocks, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
-        (1.0 - beta2**step) ** 0.5,
-        BLOCK=block, ROWS=rows, TO_BF16=p.dtype == torch.bfloat16, BY_TABLE=nearest == "table",
-        SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1], STREAM=".cg" if stream else "", num_warps=num_warps)
+    groups: dict = {}
+    for p, g, state, step in zip(params, grads, states, steps, strict=True):
+        if not (p.is_contiguous() and g.is_contiguous()):
+            raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
+        groups.setdefault((p.dtype, g.dtype, p.device, step), []).append((p, g, state))
+    for (dtype, _, device, step), members in groups.items():
+        storages = [(p, g, *(state[k] for k in ("m_codes", "m_absmax", "v_codes", "v_absmax"))) for p, g, state in
+                    members]
+        bases = storages[0]
+        offsets = [(t.data_ptr() - base.data_ptr()) // t.element_size() for ts in storages
+                   for t, base in zip(ts, bases, strict=True)]
+        aligned = all(t.data_ptr() % 16 == 0 for ts in storages for t in ts)
+        programs = [triton.cdiv(triton.cdiv(ts[0].numel(), block), rows) for ts in storages]
+        log_tensors = (len(members) - 1).bit_length()
+        first_program = [0, *accumulate(programs[:-1])] + [2**62] * (2**log_tensors - len(members))
+        table = torch.tensor(offsets + [ts[0].numel() for ts in storages] + first_program, dtype=torch.int64)
+        table = table.to(device)
+        n = len(members)
+        _adamw8bit_kernel[(sum(programs),)](
+            *bases, table, table[6 * n:], table[7 * n:], *_tables(device, tuple(key_bits)),
+            # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
+            beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
+            (1.0 - beta2**step) ** 0.5,
+            BLOCK=block, ROWS=rows, TO_BF16=dtype == torch.bfloat16, BY_TABLE=nearest == "table",
+            SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1], STREAM=".cg" if stream else "", ALIGNED=aligned,
+            LOG_TENSORS=log_tensors, num_warps=num_warps)

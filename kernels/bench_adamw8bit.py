@@ -15,7 +15,7 @@ import yaml
 
 from harness import CONF_DIR
 from harness.probes import optimizer_state_tensors, storage_bytes
-from kernels.benchmark import print_table, time_ms, write_rows
+from kernels.benchmark import print_table, profile_table, time_ms, write_rows
 from methods.adamw8bit import AdamW8bit
 
 
@@ -59,6 +59,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", nargs="+", metavar="VARIANT",
+                        help="print these variants' per-kernel time tables instead of benchmarking")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     shapes = llama_shapes(args.model)
@@ -81,6 +83,10 @@ def main(argv=None) -> None:
         params = [torch.nn.Parameter(torch.randn(s, generator=gen, device=device, dtype=dtype)) for s in shapes]
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen, device=device, dtype=dtype)
+        if args.profile:
+            if name in args.profile:
+                print(f"--- {name}\n{profile_table(factory(params).step, device)}")
+            continue
         try:
             optimizer = factory(params)
             median, p20, p80 = time_ms(optimizer.step, device, warmup=3, repeats=args.repeats)
@@ -92,6 +98,8 @@ def main(argv=None) -> None:
         del params
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.profile:
+        return
     base = next(r["step_ms"] for r in rows if r["variant"] == "torch_adamw_fused")
     for r in rows:
         if "step_ms" in r:

@@ -5,7 +5,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.adamw8bit import _nearest_code, _nearest_code_table, _tables, adamw8bit_step, guess_table
+from kernels.adamw8bit import (
+    _nearest_code,
+    _nearest_code_table,
+    _tables,
+    adamw8bit_step,
+    adamw8bit_step_many,
+    guess_table,
+)
 from methods.adamw8bit import _step_torch, init_state
 from methods.quant import dynamic_map, midpoints
 
@@ -54,12 +61,40 @@ def test_kernel_matches_plain_torch(dtype, n, block, rows, nearest):
             torch.testing.assert_close(p_kernel, p_ref, rtol=1e-6, atol=1e-6)
         else:  # both round the fp32 result to nearest-even bf16; fp32 rounding order may flip one ulp
             assert bf16_ulps(p_kernel, p_ref) <= 1
-        torch.testing.assert_close(state_kernel["m_absmax"], state_ref["m_absmax"], rtol=1e-5, atol=1e-12)
-        torch.testing.assert_close(state_kernel["v_absmax"], state_ref["v_absmax"], rtol=1e-5, atol=1e-12)
-        for key in ("m_codes", "v_codes"):
-            differ = (state_kernel[key].int() - state_ref[key].int()).abs()
-            # a value within rounding of a midpoint may pick the neighbour code; never further
-            assert differ.max() <= 1 and (differ > 0).float().mean() < 0.01, key
+        assert_states_close(state_kernel, state_ref)
+
+
+def assert_states_close(ours: dict, ref: dict) -> None:
+    torch.testing.assert_close(ours["m_absmax"], ref["m_absmax"], rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(ours["v_absmax"], ref["v_absmax"], rtol=1e-5, atol=1e-12)
+    for key in ("m_codes", "v_codes"):
+        differ = (ours[key].int() - ref[key].int()).abs()
+        # a value within rounding of a midpoint may pick the neighbour code; never further
+        assert differ.numel() == 0 or (differ.max() <= 1 and (differ > 0).float().mean() < 0.01), key
+
+
+def test_one_launch_updates_many_tensors_like_one_at_a_time():
+    """Tensors of odd sizes (one empty, one a view not 16-byte aligned), two dtypes and two step counts in one call:
+    each ends as the plain rule leaves it."""
+    gen = torch.Generator().manual_seed(0)
+    sizes = [(1000, torch.float32), (3, torch.bfloat16), (0, torch.float32), (777, torch.bfloat16),
+             (300, torch.float32), (4096 + 5, torch.bfloat16)]
+    params = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n, dtype in sizes]
+    params[4] = torch.randn(303, generator=gen).to(DEVICE)[3:]  # starts 12 bytes into its storage
+    grads = [torch.randn(p.shape, generator=gen).to(p.dtype).to(DEVICE) for p in params]
+    states = [init_state(p, 64) for p in params]
+    refs = [(p.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()})
+            for p, state in zip(params, states, strict=True)]
+    steps = [1.0, 1.0, 1.0, 2.0, 1.0, 2.0]
+    args = (1e-2, 0.9, 0.999, 1e-8, 0.01)
+    adamw8bit_step_many(params, grads, states, *args, steps, block=64, rows=2, num_warps=2)
+    for p, g, state, (p_ref, state_ref), step in zip(params, grads, states, refs, steps, strict=True):
+        reference_step(p_ref, g, state_ref, *args, step, 64)
+        if p.dtype == torch.float32:
+            torch.testing.assert_close(p, p_ref, rtol=1e-6, atol=1e-6)
+        elif p.numel():
+            assert bf16_ulps(p, p_ref) <= 1
+        assert_states_close(state, state_ref)
 
 
 def test_kernel_rejects_non_power_of_two_block():
