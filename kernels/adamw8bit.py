@@ -83,11 +83,11 @@ def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
 
 @triton.jit
 def _element_offset(offsets_ptr, column: tl.constexpr, base_ptr, ALIGNED: tl.constexpr):
-    """A tensor's start, in elements from base_ptr; ALIGNED: the start is 16-byte aligned (vectorized access)."""
-    offset = tl.load(offsets_ptr + column)
+    """A tensor's start, in elements from base_ptr. ALIGNED: the table holds it in 16-byte units, and the product
+    by the unit (not a hint) is what lets the compiler prove the alignment it needs for vector loads."""
     if ALIGNED:
-        offset = tl.multiple_of(offset, 128 // base_ptr.dtype.element_ty.primitive_bitwidth)
-    return offset
+        return tl.load(offsets_ptr + column) * (128 // base_ptr.dtype.element_ty.primitive_bitwidth)
+    return tl.load(offsets_ptr + column)
 
 
 @triton.jit
@@ -114,7 +114,8 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     m_absmax_ptr = m_absmax_base + tl.load(starts + 3)
     v_codes_ptr = v_codes_base + _element_offset(starts, 4, v_codes_base, ALIGNED)
     v_absmax_ptr = v_absmax_base + tl.load(starts + 5)
-    n = tl.load(numels_ptr + tensor)
+    # ALIGNED: numel in units of 16, so the mask offs < n is provably constant over a vector's 16 elements
+    n = tl.load(numels_ptr + tensor) * (16 if ALIGNED else 1)
     row_mask = rows < tl.cdiv(n, BLOCK)
     offs = rows[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = offs < n
@@ -188,19 +189,21 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
     for p, g, state, step in zip(params, grads, states, steps, strict=True):
         if not (p.is_contiguous() and g.is_contiguous()):
             raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
-        groups.setdefault((p.dtype, g.dtype, p.device, step), []).append((p, g, state))
-    for (dtype, _, device, step), members in groups.items():
-        storages = [(p, g, *(state[k] for k in ("m_codes", "m_absmax", "v_codes", "v_absmax"))) for p, g, state in
-                    members]
-        bases = storages[0]
-        offsets = [(t.data_ptr() - base.data_ptr()) // t.element_size() for ts in storages
-                   for t, base in zip(ts, bases, strict=True)]
-        aligned = all(t.data_ptr() % 16 == 0 for ts in storages for t in ts)
-        programs = [triton.cdiv(triton.cdiv(ts[0].numel(), block), rows) for ts in storages]
+        storages = (p, g, *(state[k] for k in ("m_codes", "m_absmax", "v_codes", "v_absmax")))
+        aligned = p.numel() % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in storages)
+        groups.setdefault((p.dtype, g.dtype, p.device, step, aligned), []).append(storages)
+    for (dtype, _, device, step, aligned), members in groups.items():
+        bases = members[0]
+        # the table, in units of 16 bytes (aligned) or elements: each tensor's six starts, numels, first programs
+        units = [16 // t.element_size() if aligned and column not in (3, 5) else 1  # absmax: per-block scalars
+                 for column, t in enumerate(bases)]
+        offsets = [(t.data_ptr() - base.data_ptr()) // t.element_size() // unit for ts in members
+                   for t, base, unit in zip(ts, bases, units, strict=True)]
+        programs = [triton.cdiv(triton.cdiv(ts[0].numel(), block), rows) for ts in members]
         log_tensors = (len(members) - 1).bit_length()
         first_program = [0, *accumulate(programs[:-1])] + [2**62] * (2**log_tensors - len(members))
-        table = torch.tensor(offsets + [ts[0].numel() for ts in storages] + first_program, dtype=torch.int64)
-        table = table.to(device)
+        numels = [ts[0].numel() // (16 if aligned else 1) for ts in members]
+        table = torch.tensor(offsets + numels + first_program, dtype=torch.int64).to(device)
         n = len(members)
         _adamw8bit_kernel[(sum(programs),)](
             *bases, table, table[6 * n:], table[7 * n:], *_tables(device, tuple(key_bits)),

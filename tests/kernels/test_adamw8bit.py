@@ -74,18 +74,19 @@ def assert_states_close(ours: dict, ref: dict) -> None:
 
 
 def test_one_launch_updates_many_tensors_like_one_at_a_time():
-    """Tensors of odd sizes (one empty, one a view not 16-byte aligned), two dtypes and two step counts in one call:
-    each ends as the plain rule leaves it."""
+    """Tensors of odd and of 16-multiple sizes (one empty, one a view not 16-byte aligned), two dtypes and two step
+    counts in one call: each ends as the plain rule leaves it."""
     gen = torch.Generator().manual_seed(0)
     sizes = [(1000, torch.float32), (3, torch.bfloat16), (0, torch.float32), (777, torch.bfloat16),
-             (300, torch.float32), (4096 + 5, torch.bfloat16)]
+             (300, torch.float32), (4096 + 5, torch.bfloat16), (2048, torch.bfloat16), (1024 + 16, torch.bfloat16),
+             (512, torch.float32), (1024, torch.float32)]  # the last four: the launch of aligned tensors
     params = [torch.randn(n, generator=gen).to(dtype).to(DEVICE) for n, dtype in sizes]
     params[4] = torch.randn(303, generator=gen).to(DEVICE)[3:]  # starts 12 bytes into its storage
     grads = [torch.randn(p.shape, generator=gen).to(p.dtype).to(DEVICE) for p in params]
     states = [init_state(p, 64) for p in params]
     refs = [(p.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()})
             for p, state in zip(params, states, strict=True)]
-    steps = [1.0, 1.0, 1.0, 2.0, 1.0, 2.0]
+    steps = [1.0, 1.0, 1.0, 2.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
     args = (1e-2, 0.9, 0.999, 1e-8, 0.01)
     adamw8bit_step_many(params, grads, states, *args, steps, block=64, rows=2, num_warps=2)
     for p, g, state, (p_ref, state_ref), step in zip(params, grads, states, refs, steps, strict=True):
