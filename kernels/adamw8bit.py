@@ -94,7 +94,7 @@ def _element_offset(offsets_ptr, column: tl.constexpr, base_ptr, ALIGNED: tl.con
 def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base, v_absmax_base, offsets_ptr,
                       numels_ptr, first_program_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr, signed_guess_ptr, unsigned_guess_ptr,
-                      beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bias2_sqrt,
+                      beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_bias2_sqrt,
                       BLOCK: tl.constexpr, ROWS: tl.constexpr, TO_BF16: tl.constexpr, BY_TABLE: tl.constexpr,
                       SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr,
                       ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr):
@@ -130,7 +130,7 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
         tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
-    theta = theta * decay - step_size * m / (tl.sqrt(v) / bias2_sqrt + eps)
+    theta = theta * decay - step_size * m / (tl.sqrt(v) * inv_bias2_sqrt + eps)
     _store_rounded(p_ptr + offs, theta, mask, TO_BF16)
     m = tl.where(mask, m, 0.0)
     v = tl.where(mask, v, 0.0)
@@ -138,8 +138,9 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     v_absmax = tl.max(v, axis=1)
     # the floor is float32's smallest normal: a smaller literal (1e-38 was here) is typed fp64 by Triton, and with it
     # the division and everything after it
-    m_normalized = m / tl.maximum(m_absmax, 1.1754943508222875e-38)[:, None]
-    v_normalized = v / tl.maximum(v_absmax, 1.1754943508222875e-38)[:, None]
+    # × the block's reciprocal, correctly rounded (one division a block, not a value; methods/quant.py alike)
+    m_normalized = m * tl.math.div_rn(1.0, tl.maximum(m_absmax, 1.1754943508222875e-38))[:, None]
+    v_normalized = v * tl.math.div_rn(1.0, tl.maximum(v_absmax, 1.1754943508222875e-38))[:, None]
     if BY_TABLE:
         m_codes = _nearest_code_table(m_normalized, signed_guess_ptr, signed_mid_ptr, SIGNED_BITS)
         v_codes = _nearest_code_table(v_normalized, unsigned_guess_ptr, unsigned_mid_ptr, UNSIGNED_BITS)
@@ -163,6 +164,33 @@ def _tables(device: torch.device, key_bits: tuple[int, int] = (SIGNED_KEY_BITS, 
         guesses = [guess_table(mid, bits) for mid, bits in zip(mids, key_bits, strict=True)]
         _TABLES[device, key_bits] = [t.to(device) for t in (*books, *mids, *guesses)]
     return _TABLES[device, key_bits]
+
+
+_WORK_TABLES: dict = {}  # the last few launches' tables: the same storages (a training loop's) need no new one
+
+
+def _work_table(members: list, aligned: bool, block: int, rows: int, device: torch.device):
+    """(table, programs, log2 of its padded tensor count) for one launch over members, (storages, their starts,
+    numel) each. The int64 table: each tensor's six starts from the first tensor's (in 16-byte units for aligned
+    values, else in elements), numels (in units of 16 when aligned), first programs (padded to a power of two)."""
+    key = (device, aligned, block, rows, *(start for _, starts, _ in members for start in starts),
+           *(numel for _, _, numel in members))
+    if key not in _WORK_TABLES:
+        bases, base_starts, _ = members[0]
+        unit_bytes = [16 if aligned and column not in (3, 5) else t.element_size()  # 3, 5: absmax, per block
+                      for column, t in enumerate(bases)]
+        offsets = [(start - base) // unit for _, starts, _ in members
+                   for start, base, unit in zip(starts, base_starts, unit_bytes, strict=True)]
+        numels = [numel // 16 if aligned else numel for _, _, numel in members]
+        programs = [-(-numel // (block * rows)) for _, _, numel in members]
+        log_tensors = (len(members) - 1).bit_length()
+        first_program = [0, *accumulate(programs[:-1])] + [2**62] * (2**log_tensors - len(members))
+        while len(_WORK_TABLES) >= 8:
+            _WORK_TABLES.pop(next(iter(_WORK_TABLES)))
+        # pinned, so the copy does not wait for the work queued before it (the backward pass)
+        table = torch.tensor(offsets + numels + first_program, dtype=torch.int64, pin_memory=device.type == "cuda")
+        _WORK_TABLES[key] = table.to(device, non_blocking=True), sum(programs), log_tensors
+    return _WORK_TABLES[key]
 
 
 def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
@@ -189,27 +217,18 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
     for p, g, state, step in zip(params, grads, states, steps, strict=True):
         if not (p.is_contiguous() and g.is_contiguous()):
             raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
-        storages = (p, g, *(state[k] for k in ("m_codes", "m_absmax", "v_codes", "v_absmax")))
-        aligned = p.numel() % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in storages)
-        groups.setdefault((p.dtype, g.dtype, p.device, step, aligned), []).append(storages)
+        storages = (p, g, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"])
+        starts = [t.data_ptr() for t in storages]
+        aligned = p.numel() % 16 == 0 and not any(start % 16 for start in starts)
+        groups.setdefault((p.dtype, g.dtype, p.device, step, aligned), []).append((storages, starts, p.numel()))
     for (dtype, _, device, step, aligned), members in groups.items():
-        bases = members[0]
-        # the table, in units of 16 bytes (aligned) or elements: each tensor's six starts, numels, first programs
-        units = [16 // t.element_size() if aligned and column not in (3, 5) else 1  # absmax: per-block scalars
-                 for column, t in enumerate(bases)]
-        offsets = [(t.data_ptr() - base.data_ptr()) // t.element_size() // unit for ts in members
-                   for t, base, unit in zip(ts, bases, units, strict=True)]
-        programs = [triton.cdiv(triton.cdiv(ts[0].numel(), block), rows) for ts in members]
-        log_tensors = (len(members) - 1).bit_length()
-        first_program = [0, *accumulate(programs[:-1])] + [2**62] * (2**log_tensors - len(members))
-        numels = [ts[0].numel() // (16 if aligned else 1) for ts in members]
-        table = torch.tensor(offsets + numels + first_program, dtype=torch.int64).to(device)
-        n = len(members)
-        _adamw8bit_kernel[(sum(programs),)](
+        table, programs, log_tensors = _work_table(members, aligned, block, rows, device)
+        n, bases = len(members), members[0][0]
+        _adamw8bit_kernel[(programs,)](
             *bases, table, table[6 * n:], table[7 * n:], *_tables(device, tuple(key_bits)),
             # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
             beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
-            (1.0 - beta2**step) ** 0.5,
+            (1.0 - beta2**step) ** -0.5,
             BLOCK=block, ROWS=rows, TO_BF16=dtype == torch.bfloat16, BY_TABLE=nearest == "table",
             SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1], STREAM=".cg" if stream else "", ALIGNED=aligned,
             LOG_TENSORS=log_tensors, num_warps=num_warps)

@@ -75,7 +75,7 @@ def _step_torch(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block
     v = dequantize(state["v_codes"], state["v_absmax"], unsigned, block_size)
     m.lerp_(g, 1 - beta1)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    denom = v.sqrt().div_((1 - beta2**step) ** 0.5).add_(eps)  # same operation order as the kernel
+    denom = v.sqrt().mul_((1 - beta2**step) ** -0.5).add_(eps)  # same operation order as the kernel
     theta = p.float().mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
     p.copy_(theta)
     state["m_codes"], state["m_absmax"] = quantize(m, signed, block_size)
