@@ -16,6 +16,7 @@ step through a table of addresses (18.3 ms); the nearest code from the map's str
 """
 from __future__ import annotations
 
+import os
 from itertools import accumulate
 
 import torch
@@ -24,37 +25,33 @@ import triton.language as tl
 
 from methods.quant import dynamic_map, midpoints
 
-KEY_EXPONENT_MIN = tl.constexpr(103)  # |x| < 2^-24 (below every nonzero midpoint) all land in bucket 0
-KEY_EXPONENTS = tl.constexpr(127 - 103)  # buckets up to |x| in [1, 1 + 2^-key_bits)
 # mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
 # the table, the fewer L1 lines one warp's lookups touch
 SIGNED_KEY_BITS, UNSIGNED_KEY_BITS = 6, 7
 
 
 def guess_table(mid: torch.Tensor, key_bits: int) -> torch.Tensor:
-    """uint8 [2 · buckets]: for a bucket [lo, hi) of |x| (exponent and top key_bits mantissa bits of the float),
-    #{mid < lo} (x ≥ 0), then #{mid ≤ −hi} (x < 0)."""
-    key_min, buckets = KEY_EXPONENT_MIN.value << key_bits, (KEY_EXPONENTS.value << key_bits) + 1
-    keys = torch.arange(key_min, key_min + buckets, dtype=torch.int64)
-    lo = (keys << (23 - key_bits)).to(torch.int32).view(torch.float32).clone()
-    hi = ((keys + 1) << (23 - key_bits)).to(torch.int32).view(torch.float32)
-    lo[0] = 0.0
+    """uint8 [2^(9 + key_bits)], indexed by a float's top 9 + key_bits bits (sign, exponent, key_bits of mantissa),
+    so the key costs one shift: for the bucket of magnitudes [lo, hi), #{mid < lo} (x ≥ 0), then #{mid ≤ −hi}
+    (x < 0). mid: the sorted midpoints, +inf appended."""
+    magnitudes = torch.arange(1 << (8 + key_bits), dtype=torch.int64)
+    inf_bits = 0x7F800000  # buckets of inf and nan: lo = inf, so their guess is 255
+    lo = (magnitudes << (23 - key_bits)).clamp(max=inf_bits).to(torch.int32).view(torch.float32)
+    hi = ((magnitudes + 1) << (23 - key_bits)).clamp(max=inf_bits).to(torch.int32).view(torch.float32)
     below_pos, below_neg = torch.searchsorted(mid, lo), torch.searchsorted(mid, -hi, right=True)
-    inside_pos = torch.searchsorted(mid, hi) - below_pos
-    inside_neg = torch.searchsorted(mid, -lo, right=True) - below_neg
+    finite = lo < float("inf")
+    inside_pos = (torch.searchsorted(mid, hi) - below_pos)[finite]
+    inside_neg = (torch.searchsorted(mid, -lo, right=True) - below_neg)[finite]
     if max(int(inside_pos.max()), int(inside_neg.max())) > 1:
         raise ValueError(f"code book spacing finer than the guess table's buckets at {key_bits} key bits")
-    return torch.cat([below_pos, below_neg]).to(torch.uint8)
+    return torch.cat([below_pos, below_neg]).clamp(max=255).to(torch.uint8)
 
 
 @triton.jit
 def _nearest_code_table(x, guess_ptr, mid_ptr, KEY_BITS: tl.constexpr):
     """#{midpoints < x} by table: mid_ptr holds the 255 midpoints and +inf."""
-    buckets: tl.constexpr = (KEY_EXPONENTS << KEY_BITS) + 1
-    bits = x.to(tl.int32, bitcast=True)
-    key = ((bits & 0x7FFFFFFF) >> (23 - KEY_BITS)) - (KEY_EXPONENT_MIN << KEY_BITS)
-    bucket = tl.minimum(tl.maximum(key, 0), buckets - 1)
-    guess = tl.load(guess_ptr + bucket + tl.where(bits < 0, buckets, 0), eviction_policy="evict_last").to(tl.int32)
+    key = x.to(tl.uint32, bitcast=True) >> (23 - KEY_BITS)
+    guess = tl.load(guess_ptr + key, eviction_policy="evict_last").to(tl.int32)
     return guess + (tl.load(mid_ptr + guess, eviction_policy="evict_last") < x).to(tl.int32)
 
 
@@ -70,10 +67,10 @@ def _nearest_code(x, mid_ptr):
 
 
 @triton.jit
-def _store_rounded(ptr, x, mask, TO_BF16: tl.constexpr):
-    """Store fp32 x, rounding to nearest-even bf16 by bit arithmetic where the target is bf16: the same result on
-    the GPU and in the Triton interpreter (whose own fp32 → bf16 cast truncates)."""
-    if TO_BF16:
+def _store_rounded(ptr, x, mask, ROUND_BY_BITS: tl.constexpr):
+    """Store fp32 x rounded to nearest-even: by the GPU's own conversion, or (ROUND_BY_BITS: a bf16 target in the
+    Triton interpreter, whose fp32 → bf16 cast truncates) by bit arithmetic."""
+    if ROUND_BY_BITS:
         bits = x.to(tl.uint32, bitcast=True)
         bits = bits + 0x7FFF + ((bits >> 16) & 1)
         tl.store(ptr, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
@@ -95,7 +92,7 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
                       numels_ptr, first_program_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr, signed_guess_ptr, unsigned_guess_ptr,
                       beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_bias2_sqrt,
-                      BLOCK: tl.constexpr, ROWS: tl.constexpr, TO_BF16: tl.constexpr, BY_TABLE: tl.constexpr,
+                      BLOCK: tl.constexpr, ROWS: tl.constexpr, ROUND_BY_BITS: tl.constexpr, BY_TABLE: tl.constexpr,
                       SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr,
                       ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr):
     # this program's work: ROWS quantization blocks of the tensor whose first program is the last one ≤ this one
@@ -131,7 +128,7 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
     theta = theta * decay - step_size * m / (tl.sqrt(v) * inv_bias2_sqrt + eps)
-    _store_rounded(p_ptr + offs, theta, mask, TO_BF16)
+    _store_rounded(p_ptr + offs, theta, mask, ROUND_BY_BITS)
     m = tl.where(mask, m, 0.0)
     v = tl.where(mask, v, 0.0)
     m_absmax = tl.max(tl.abs(m), axis=1)
@@ -166,7 +163,8 @@ def _tables(device: torch.device, key_bits: tuple[int, int] = (SIGNED_KEY_BITS, 
     return _TABLES[device, key_bits]
 
 
-_WORK_TABLES: dict = {}  # the last few launches' tables: the same storages (a training loop's) need no new one
+LAUNCH_TENSORS = 32  # tensors a launch at most: the GPU starts on the first while the host prepares the rest
+_WORK_TABLES: dict = {}  # the last launches' tables: the same storages (a training loop's) need no new one
 
 
 def _work_table(members: list, aligned: bool, block: int, rows: int, device: torch.device):
@@ -185,7 +183,7 @@ def _work_table(members: list, aligned: bool, block: int, rows: int, device: tor
         programs = [-(-numel // (block * rows)) for _, _, numel in members]
         log_tensors = (len(members) - 1).bit_length()
         first_program = [0, *accumulate(programs[:-1])] + [2**62] * (2**log_tensors - len(members))
-        while len(_WORK_TABLES) >= 8:
+        while len(_WORK_TABLES) >= 64:
             _WORK_TABLES.pop(next(iter(_WORK_TABLES)))
         # pinned, so the copy does not wait for the work queued before it (the backward pass)
         table = torch.tensor(offsets + numels + first_program, dtype=torch.int64, pin_memory=device.type == "cuda")
@@ -203,8 +201,8 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
                         beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
                         block: int = 256, rows: int = 1, num_warps: int = 1, nearest: str = "table",
                         key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True) -> None:
-    """In-place 8-bit AdamW step of many parameters, one launch per (dtypes, step count) group: launching once per
-    tensor costs the host more time than the GPU takes for LLaMA-1b's 219 tensors. Each program updates `rows`
+    """In-place 8-bit AdamW step of many parameters, one launch per LAUNCH_TENSORS of a (dtypes, step count,
+    alignment) group: launching once per tensor costs the host about the GPU's time for LLaMA-1b's 219 tensors. Each program updates `rows`
     quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa bits of its keys for m and v)
     or "binary"; stream: read θ, g and the codes past L1. bench_adamw8bit times a grid of these."""
     if block & (block - 1):
@@ -213,15 +211,10 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
         raise ValueError(f"nearest={nearest!r}: one of 'table', 'binary'")
     if rows & (rows - 1):
         raise ValueError(f"the kernel needs a power-of-two number of blocks per program, got {rows}")
-    groups: dict = {}
-    for p, g, state, step in zip(params, grads, states, steps, strict=True):
-        if not (p.is_contiguous() and g.is_contiguous()):
-            raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
-        storages = (p, g, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"])
-        starts = [t.data_ptr() for t in storages]
-        aligned = p.numel() % 16 == 0 and not any(start % 16 for start in starts)
-        groups.setdefault((p.dtype, g.dtype, p.device, step, aligned), []).append((storages, starts, p.numel()))
-    for (dtype, _, device, step, aligned), members in groups.items():
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def launch(group: tuple, members: list) -> None:
+        dtype, _, device, step, aligned = group
         table, programs, log_tensors = _work_table(members, aligned, block, rows, device)
         n, bases = len(members), members[0][0]
         _adamw8bit_kernel[(programs,)](
@@ -229,6 +222,21 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
             # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
             beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
             (1.0 - beta2**step) ** -0.5,
-            BLOCK=block, ROWS=rows, TO_BF16=dtype == torch.bfloat16, BY_TABLE=nearest == "table",
-            SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1], STREAM=".cg" if stream else "", ALIGNED=aligned,
-            LOG_TENSORS=log_tensors, num_warps=num_warps)
+            BLOCK=block, ROWS=rows, ROUND_BY_BITS=dtype == torch.bfloat16 and interpreted,
+            BY_TABLE=nearest == "table", SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1],
+            STREAM=".cg" if stream else "", ALIGNED=aligned, LOG_TENSORS=log_tensors, num_warps=num_warps)
+
+    groups: dict = {}
+    for p, g, state, step in zip(params, grads, states, steps, strict=True):
+        if not (p.is_contiguous() and g.is_contiguous()):
+            raise ValueError("adamw8bit_step needs contiguous parameter and gradient")
+        storages = (p, g, state["m_codes"], state["m_absmax"], state["v_codes"], state["v_absmax"])
+        starts = [t.data_ptr() for t in storages]
+        aligned = p.numel() % 16 == 0 and not any(start % 16 for start in starts)
+        group = (p.dtype, g.dtype, p.device, step, aligned)
+        members = groups.setdefault(group, [])
+        members.append((storages, starts, p.numel()))
+        if len(members) == LAUNCH_TENSORS:
+            launch(group, groups.pop(group))
+    for group, members in groups.items():
+        launch(group, members)
