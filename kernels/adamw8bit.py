@@ -88,31 +88,36 @@ def _element_offset(offsets_ptr, column: tl.constexpr, base_ptr, ALIGNED: tl.con
 
 
 @triton.jit
-def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base, v_absmax_base, offsets_ptr,
-                      numels_ptr, first_program_ptr,
+def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base, v_absmax_base, numel,
+                      offsets_ptr, numels_ptr, first_program_ptr,
                       signed_ptr, unsigned_ptr, signed_mid_ptr, unsigned_mid_ptr, signed_guess_ptr, unsigned_guess_ptr,
                       beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_bias2_sqrt,
                       BLOCK: tl.constexpr, ROWS: tl.constexpr, ROUND_BY_BITS: tl.constexpr, BY_TABLE: tl.constexpr,
                       SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr,
-                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr):
-    # this program's work: ROWS quantization blocks of the tensor whose first program is the last one ≤ this one
-    # (a branchless binary search over the 2^LOG_TENSORS first programs, padded), whose six storages start at the
-    # given element offsets from the first tensor's
+                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr, SINGLE: tl.constexpr):
+    # this program's work: ROWS quantization blocks of one tensor. SINGLE: the only one, of `numel` values. Else the
+    # tensor whose first program is the last one ≤ this one (a branchless binary search over the 2^LOG_TENSORS first
+    # programs, padded), whose six storages start at the given element offsets from the first tensor's
     pid = tl.program_id(0).to(tl.int64)
-    tensor = 0
-    for level in tl.static_range(LOG_TENSORS):
-        probe = tensor + (1 << (LOG_TENSORS - 1 - level))
-        tensor = tl.where(tl.load(first_program_ptr + probe) <= pid, probe, tensor)
-    rows = (pid - tl.load(first_program_ptr + tensor)) * ROWS + tl.arange(0, ROWS)
-    starts = offsets_ptr + 6 * tensor
-    p_ptr = p_base + _element_offset(starts, 0, p_base, ALIGNED)
-    g_ptr = g_base + _element_offset(starts, 1, g_base, ALIGNED)
-    m_codes_ptr = m_codes_base + _element_offset(starts, 2, m_codes_base, ALIGNED)
-    m_absmax_ptr = m_absmax_base + tl.load(starts + 3)
-    v_codes_ptr = v_codes_base + _element_offset(starts, 4, v_codes_base, ALIGNED)
-    v_absmax_ptr = v_absmax_base + tl.load(starts + 5)
-    # ALIGNED: numel in units of 16, so the mask offs < n is provably constant over a vector's 16 elements
-    n = tl.load(numels_ptr + tensor) * (16 if ALIGNED else 1)
+    if SINGLE:
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        p_ptr, g_ptr, m_codes_ptr, m_absmax_ptr = p_base, g_base, m_codes_base, m_absmax_base
+        v_codes_ptr, v_absmax_ptr, n = v_codes_base, v_absmax_base, numel
+    else:
+        tensor = 0
+        for level in tl.static_range(LOG_TENSORS):
+            probe = tensor + (1 << (LOG_TENSORS - 1 - level))
+            tensor = tl.where(tl.load(first_program_ptr + probe) <= pid, probe, tensor)
+        rows = (pid - tl.load(first_program_ptr + tensor)) * ROWS + tl.arange(0, ROWS)
+        starts = offsets_ptr + 6 * tensor
+        p_ptr = p_base + _element_offset(starts, 0, p_base, ALIGNED)
+        g_ptr = g_base + _element_offset(starts, 1, g_base, ALIGNED)
+        m_codes_ptr = m_codes_base + _element_offset(starts, 2, m_codes_base, ALIGNED)
+        m_absmax_ptr = m_absmax_base + tl.load(starts + 3)
+        v_codes_ptr = v_codes_base + _element_offset(starts, 4, v_codes_base, ALIGNED)
+        v_absmax_ptr = v_absmax_base + tl.load(starts + 5)
+        # ALIGNED: numel in units of 16, so the mask offs < n is provably constant over a vector's 16 elements
+        n = tl.load(numels_ptr + tensor) * (16 if ALIGNED else 1)
     row_mask = rows < tl.cdiv(n, BLOCK)
     offs = rows[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = offs < n
@@ -215,16 +220,21 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
 
     def launch(group: tuple, members: list) -> None:
         dtype, _, device, step, aligned = group
-        table, programs, log_tensors = _work_table(members, aligned, block, rows, device)
-        n, bases = len(members), members[0][0]
+        n, (bases, _, numel) = len(members), members[0]
+        if n == 1:  # its own pointers: no table to build and copy (8-bit GaLore steps one matrix at a time)
+            programs, log_tensors, tables = -(-numel // (block * rows)), 0, (None, None, None)
+        else:
+            table, programs, log_tensors = _work_table(members, aligned, block, rows, device)
+            tables = (table, table[6 * n:], table[7 * n:])
         _adamw8bit_kernel[(programs,)](
-            *bases, table, table[6 * n:], table[7 * n:], *_tables(device, tuple(key_bits)),
+            *bases, numel, *tables, *_tables(device, tuple(key_bits)),
             # 1 - β in double precision, then rounded once: 1 - fp32(0.999) is 1.3e-5 away from 0.001
             beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay, lr / (1.0 - beta1**step),
             (1.0 - beta2**step) ** -0.5,
             BLOCK=block, ROWS=rows, ROUND_BY_BITS=dtype == torch.bfloat16 and interpreted,
             BY_TABLE=nearest == "table", SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1],
-            STREAM=".cg" if stream else "", ALIGNED=aligned, LOG_TENSORS=log_tensors, num_warps=num_warps)
+            STREAM=".cg" if stream else "", ALIGNED=aligned, LOG_TENSORS=log_tensors, SINGLE=n == 1,
+            num_warps=num_warps)
 
     groups: dict = {}
     for p, g, state, step in zip(params, grads, states, steps, strict=True):
