@@ -64,8 +64,9 @@ def fused_adamw(params: list[torch.Tensor], grads: list[torch.Tensor], states: l
         groups.setdefault((p.device, p.dtype), []).append(i)
     for (device, _), members in groups.items():
         counts = [float(states[i]["step"]) for i in members]
+        # unequal counts through pinned memory: a copy from pageable memory would first wait for the device
         steps = (torch.full((len(counts),), counts[0], device=device) if len(set(counts)) == 1
-                 else torch.tensor(counts, device=device))
+                 else torch.tensor(counts, pin_memory=device.type == "cuda").to(device, non_blocking=True))
         torch._fused_adamw_([params[i] for i in members], [grads[i] for i in members],
                             [states[i]["exp_avg"] for i in members], [states[i]["exp_avg_sq"] for i in members], [],
                             list(steps.unbind()), lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay,
