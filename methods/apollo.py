@@ -44,6 +44,11 @@ def growth_ratios(norms: list[torch.Tensor], states: list[dict], key: str, gamma
     return ratios
 
 
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, but one tensor is a view, not a copy: the layer-wise loop updates one matrix at a time."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
 def limit_growth(updates: list[torch.Tensor], states: list[dict], key: str, gamma: float) -> None:
     """The norm-growth limiter applied in place to a list of updates."""
     norms = torch._foreach_norm(updates, dtype=float32_at_least(updates[0]))
@@ -72,7 +77,7 @@ class ApolloAdamW(ProjectedAdamW):
             # over the projected dimension: R's rows on the left (r × n), its columns on the right (m × r)
             dims = (1, 2) if self.options.scaling == "tensor" else (1 if side == "left" else 2)
             low_norms, direction_norms = (
-                torch.linalg.vector_norm(torch.stack([tensors[i] for i in members]), dim=dims,
+                torch.linalg.vector_norm(stack([tensors[i] for i in members]), dim=dims,
                                          keepdim=self.options.scaling != "tensor",
                                          dtype=float32_at_least(tensors[members[0]])) for tensors in (lows, directions))
             stacked.append((members, direction_norms / low_norms.clamp_(min=1e-12)))
@@ -104,7 +109,7 @@ class ApolloAdamW(ProjectedAdamW):
         torch._foreach_div_(norms, [(1 - beta2 ** s["step"]) ** 0.5 / (1 - beta1 ** s["step"]) for s in states])
         ratios = growth_ratios(norms, states, "prev_norm", self.options.growth_limit, scale=self.options.scale)
         for members, stacked in groups:
-            scale = torch.stack([ratios[i] for i in members]).view(-1, *(1,) * (stacked.dim() - 1))
+            scale = stack([ratios[i] for i in members]).view(-1, *(1,) * (stacked.dim() - 1))
             for i, factor in zip(members, (stacked * scale).to(grads[members[0]].dtype).unbind(0), strict=True):
                 factors[i] = factor
         return factors
