@@ -117,6 +117,16 @@ def test_benchmark_writes_rows(tmp_path, monkeypatch):
     assert ours["status"] == "ok" and 2.0 < ours["state_bytes_per_param"] <= 2.05
 
 
+def test_benchmark_profile_prints_tables_and_writes_no_rows(tmp_path, monkeypatch, capsys):
+    from kernels import bench_adamw8bit, benchmark
+
+    monkeypatch.setattr(benchmark, "PROJECT_ROOT", tmp_path)
+    bench_adamw8bit.main(["--model", "llama_tiny", "--dtype", "fp32", "--profile", "torch_adamw_fused"])
+    out = capsys.readouterr().out
+    assert "--- torch_adamw_fused" in out and "aten::" in out and "--- ours_adamw8bit" not in out
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("signed,key_bits", [(True, 6), (True, 8), (False, 7), (False, 8), (True, None),
                                              (False, None)])
 def test_nearest_code_equals_bucketize(signed, key_bits):
