@@ -4,6 +4,11 @@ TRITON_INTERPRET=1), kernels/bench_<k>.py (benchmark writing result rows)."""
 import os
 
 
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in its interpreter (TRITON_INTERPRET=1), not compiled."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def triton_runs_on(x) -> bool:
     """Whether a Triton kernel can take tensor x: on CUDA, or anywhere under the interpreter (TRITON_INTERPRET=1)."""
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return x.is_cuda or triton_interpreted()

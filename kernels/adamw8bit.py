@@ -22,13 +22,13 @@ H100).
 """
 from __future__ import annotations
 
-import os
 from itertools import accumulate
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels import triton_interpreted
 from methods.quant import dynamic_map, midpoints
 
 # mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
@@ -182,7 +182,7 @@ def _work_table(members: list, aligned: bool, block: int, rows: int, device: tor
     """(table, programs, log2 of its padded tensor count) for one launch over members, (storages, their starts,
     numel) each. The int64 table: each tensor's six starts from the first tensor's (in 16-byte units for aligned
     values, else in elements), numels (in units of 16 when aligned), first programs (padded to a power of two)."""
-    key = (device, aligned, block, rows, *(start for _, starts, _ in members for start in starts),
+    key = (device, block, rows, *(start for _, starts, _ in members for start in starts),
            *(numel for _, _, numel in members))
     if key not in _WORK_TABLES:
         bases, base_starts, _ = members[0]
@@ -223,7 +223,7 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
         raise ValueError(f"nearest={nearest!r}: one of 'table', 'binary'")
     if rows & (rows - 1):
         raise ValueError(f"the kernel needs a power-of-two number of blocks per program, got {rows}")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = triton_interpreted()
 
     def launch(group: tuple, members: list) -> None:
         dtype, _, device, step, aligned = group

@@ -40,19 +40,19 @@ def step_params(params: list[torch.Tensor], states: list[dict], group: dict, blo
     """One 8-bit AdamW update of each parameter from its .grad (also used by 8-bit GaLore for its full-rank
     parameters); on CUDA through the fused kernel, one launch for all of them (per dtype and step count)."""
     hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
+    fused, plain = [], []
     for p, state in zip(params, states, strict=True):
         if not state:
             state.update(init_state(p, block_size))
         state["step"] += 1
-    fused = [i for i, p in enumerate(params) if kernel and p.is_cuda]
+        (fused if kernel and p.is_cuda else plain).append((p, state))
     if fused:
         from kernels.adamw8bit import adamw8bit_step_many
 
-        adamw8bit_step_many([params[i] for i in fused], [params[i].grad for i in fused], [states[i] for i in fused],
-                            *hyper, [states[i]["step"] for i in fused], block=block_size, **(kernel_options or {}))
-    for p, state in zip(params, states, strict=True):
-        if not (kernel and p.is_cuda):
-            _step_torch(p, p.grad, state, *hyper, state["step"], block_size)
+        adamw8bit_step_many([p for p, _ in fused], [p.grad for p, _ in fused], [s for _, s in fused], *hyper,
+                            [s["step"] for _, s in fused], block=block_size, **(kernel_options or {}))
+    for p, state in plain:
+        _step_torch(p, p.grad, state, *hyper, state["step"], block_size)
 
 
 def step_tensor(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block_size, kernel=True,
