@@ -40,16 +40,19 @@ COLS_ALIGN = 128  # sliced tiles' columns: a multiple, so cuBLAS sees aligned le
 
 @triton.jit
 def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, tile_max_ptr, BLOCK_V: tl.constexpr,
-                       STORE_TILE_MAX: tl.constexpr):
+                       STORE_TILE_MAX: tl.constexpr, LOGIT_SUM: tl.constexpr):
     """Merge one row of a logits tile into that row's running (max, sum of exp, target logit, logit sum); with
-    STORE_TILE_MAX, also store the row's largest logit in this tile."""
+    STORE_TILE_MAX, also store the row's largest logit in this tile. The logit sum (label smoothing's) only with
+    LOGIT_SUM: each block-wide reduction is a barrier, and a program that waits on them is what bounds this kernel."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * cols
     target = tl.load(y_ptr + row) - col_offset  # the target's column in this tile (may be outside it)
+    in_tile = (target >= 0) & (target < cols)
+    target_logit = tl.load(stats_ptr + 2 * n_rows + row)
+    target_logit += tl.load(z_row + tl.where(in_tile, target, 0), mask=in_tile, other=0.0).to(tl.float32)
     offsets = tl.arange(0, BLOCK_V)
     running_max = tl.load(stats_ptr + row)
     running_sum = tl.load(stats_ptr + n_rows + row)
-    target_logit = tl.load(stats_ptr + 2 * n_rows + row)
     logit_sum = tl.load(stats_ptr + 3 * n_rows + row)
     tile_max = -float("inf")
     for start in range(0, cols, BLOCK_V):
@@ -60,12 +63,13 @@ def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, tile_m
         new_max = tl.maximum(running_max, tile_max)
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), axis=0)
         running_max = new_max
-        logit_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
-        target_logit += tl.sum(tl.where((col == target) & mask, z, 0.0), axis=0)
+        if LOGIT_SUM:
+            logit_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
     tl.store(stats_ptr + row, running_max)
     tl.store(stats_ptr + n_rows + row, running_sum)
     tl.store(stats_ptr + 2 * n_rows + row, target_logit)
-    tl.store(stats_ptr + 3 * n_rows + row, logit_sum)
+    if LOGIT_SUM:
+        tl.store(stats_ptr + 3 * n_rows + row, logit_sum)
     if STORE_TILE_MAX:
         tl.store(tile_max_ptr + row, tile_max)
 
@@ -90,14 +94,14 @@ def _tile_grad_kernel(z_ptr, cols, y_ptr, lse_ptr, col_offset, vocab, ignore_ind
 
 
 def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_offset: int,
-               tile_max: torch.Tensor | None = None) -> None:
-    """stats (4 × rows, fp32): running max, sum of exp, target logit, logit sum; updated with the tile z. tile_max
-    (rows, fp32), when given, receives each row's largest logit in z."""
+               tile_max: torch.Tensor | None = None, logit_sum: bool = True) -> None:
+    """stats (4 × rows, fp32): running max, sum of exp, target logit, logit sum (left as it is unless logit_sum);
+    updated with the tile z. tile_max (rows, fp32), when given, receives each row's largest logit in z."""
     rows, cols = z.shape
     if triton_runs_on(z):
         _tile_stats_kernel[(rows,)](z, cols, targets, stats, rows, col_offset, tile_max,
                                     BLOCK_V=min(4096, triton.next_power_of_2(cols)),
-                                    STORE_TILE_MAX=tile_max is not None)
+                                    STORE_TILE_MAX=tile_max is not None, LOGIT_SUM=logit_sum)
         return
     z32 = z.float()
     row_max = z32.amax(dim=1)
@@ -106,7 +110,8 @@ def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_
     new_max = torch.maximum(stats[0], row_max)
     stats[1] = stats[1] * (stats[0] - new_max).exp() + (z32 - new_max[:, None]).exp().sum(dim=1)
     stats[0] = new_max
-    stats[3] += z32.sum(dim=1)
+    if logit_sum:
+        stats[3] += z32.sum(dim=1)
     local = targets - col_offset
     inside = (local >= 0) & (local < cols)
     stats[2] += torch.where(inside, z32.gather(1, local.clamp(0, cols - 1)[:, None])[:, 0], 0.0)
@@ -184,7 +189,7 @@ class _FusedLinearCE(torch.autograd.Function):
             for k, c0 in enumerate(slices):
                 w = weight[c0:c0 + cols]
                 z = torch.matmul(h, w.T, out=tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0]))
-                tile_stats(z, y, stats, c0, tile_max[k])
+                tile_stats(z, y, stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
             lse = stats[0] + stats[1].log()
             losses = lse - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
             total += torch.where(y != ignore_index, losses, 0.0).sum()

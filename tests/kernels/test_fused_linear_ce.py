@@ -84,7 +84,8 @@ def test_plain_torch_path_matches_the_kernels():
         stats[0] = -float("inf")
         tile_max = torch.empty(7, device=tile.device)
         if use_kernel:
-            module._tile_stats_kernel[(7,)](tile, 45, targets, stats, 7, 20, tile_max, BLOCK_V=16, STORE_TILE_MAX=True)
+            module._tile_stats_kernel[(7,)](tile, 45, targets, stats, 7, 20, tile_max, BLOCK_V=16, STORE_TILE_MAX=True,
+                                                LOGIT_SUM=True)
             lse = stats[0] + stats[1].log()
             module._tile_grad_kernel[(7,)](tile, 45, targets, lse, 20, 200, -100, 0.1, 0.2, BLOCK_V=16)
         else:
