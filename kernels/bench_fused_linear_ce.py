@@ -2,7 +2,8 @@
 F.cross_entropy(h @ W.T, y), eager PyTorch, Liger-Kernel and cut-cross-entropy, measured in one run.
 
 Memory beyond the inputs is torch.cuda.max_memory_allocated during forward + backward minus what was allocated
-before; the lower bound is the two gradients, (N + V) · D · 2 bytes. Time is the median of repeats (synchronized).
+before; the lower bound is the two gradients, (N + V) · D · 2 bytes. Time is the median of repeats (synchronized),
+timed in rounds that run every variant once (a drift of the GPU's clock weighs on all alike).
 Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
 
     python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
@@ -15,7 +16,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from kernels.benchmark import peak_bytes, print_table, profile_table, time_ms, write_rows
+from kernels.benchmark import interleaved_time_ms, peak_bytes, print_table, profile_table, write_rows
 from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
 from methods.fused_ce import BUDGET, FILTER_EPS
 
@@ -58,34 +59,55 @@ def variants(device: torch.device) -> dict:
     return out
 
 
-def measure(name, fn, n, d, v, dtype, device, repeats, input_scale=0.05, profile=False) -> dict:
-    """The row of one variant at one shape; profile: print the profiler's kernel table instead of timing."""
+def inputs(n, d, v, dtype, device, input_scale):
     gen = torch.Generator(device=device).manual_seed(0)
     h = (torch.randn(n, d, generator=gen, device=device) * input_scale).to(dtype).requires_grad_()
     w = (torch.randn(v, d, generator=gen, device=device) * input_scale).to(dtype).requires_grad_()
     y = torch.randint(0, v, (n,), generator=gen, device=device)
     y[::97] = -100
-    row = {"kernel": "fused_linear_ce", "variant": name, "shape": f"{n}x{d}x{v}", "tokens": n, "hidden": d,
-           "vocab": v, "dtype": str(dtype).removeprefix("torch."), "bound_bytes": (n + v) * d * 2,
-           "input_scale": input_scale}
+    return h, w, y
 
-    def step():
-        h.grad = w.grad = None
-        fn(h, w, y).backward()
 
-    if profile:
-        print(f"--- {name}, {row['shape']}\n{profile_table(step, device)}")
-        return row
-    try:
-        median, p20, p80 = time_ms(step, device, warmup=3, repeats=repeats)
+def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profile=()) -> list[dict]:
+    """One row per variant at one shape, all on the same inputs: each variant's peak memory alone, then the times
+    in interleaved rounds (interleaved_time_ms). profile: print these variants' kernel tables instead."""
+    h, w, y = inputs(n, d, v, dtype, device, input_scale)
+    shape = {"kernel": "fused_linear_ce", "shape": f"{n}x{d}x{v}", "tokens": n, "hidden": d, "vocab": v,
+             "dtype": str(dtype).removeprefix("torch."), "bound_bytes": (n + v) * d * 2, "input_scale": input_scale}
+    rows, steps = {}, {}
+    for name, fn in fns.items():
+        rows[name] = row = {**shape, "variant": name}
+        if isinstance(fn, str):
+            row.update(status="skipped", error=fn)
+            continue
+
+        def step(fn=fn):
+            h.grad = w.grad = None
+            fn(h, w, y).backward()
+
+        if profile:
+            if name in profile:
+                print(f"--- {name}, {row['shape']}\n{profile_table(step, device)}")
+            continue
+        try:
+            step()  # compilation and autotuning stay out of the peak
+            h.grad = w.grad = None
+            row["peak_beyond_inputs"] = peak = peak_bytes(step, device)
+            if peak is not None:
+                row["peak_over_bound"] = peak / row["bound_bytes"]
+            steps[name] = step
+        except torch.OutOfMemoryError as e:
+            row.update(status="oom", error=str(e).splitlines()[0])
         h.grad = w.grad = None
-        peak = peak_bytes(step, device)
-        row.update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80, peak_beyond_inputs=peak)
-        if peak is not None:
-            row["peak_over_bound"] = peak / row["bound_bytes"]
-    except torch.OutOfMemoryError as e:
-        row.update(status="oom", error=str(e).splitlines()[0])
-    return row
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=repeats).items():
+        rows[name].update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
+    base = rows.get("torch_compile", {}).get("step_ms")
+    for row in rows.values():
+        if base and "step_ms" in row:
+            row["time_over_compile"] = row["step_ms"] / base
+    return list(rows.values())
 
 
 def main(argv=None) -> None:
@@ -105,25 +127,8 @@ def main(argv=None) -> None:
     device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     rows = []
     for vocab in args.vocab:
-        batch = []
-        for name, fn in variants(device).items():
-            if args.profile:
-                if name in args.profile and not isinstance(fn, str):
-                    measure(name, fn, args.tokens, args.hidden, vocab, dtype, device, 0, args.input_scale, True)
-                continue
-            if isinstance(fn, str):
-                batch.append({"kernel": "fused_linear_ce", "variant": name, "vocab": vocab, "status": "skipped",
-                              "error": fn, "shape": f"{args.tokens}x{args.hidden}x{vocab}"})
-                continue
-            batch.append(measure(name, fn, args.tokens, args.hidden, vocab, dtype, device, args.repeats,
-                                 args.input_scale))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        base = next((r for r in batch if r["variant"] == "torch_compile" and "step_ms" in r), None)
-        for r in batch:
-            if base and "step_ms" in r:
-                r["time_over_compile"] = r["step_ms"] / base["step_ms"]
-        rows += batch
+        rows += measure(variants(device), args.tokens, args.hidden, vocab, dtype, device, args.repeats,
+                        args.input_scale, args.profile or ())
     if args.profile:
         return
     path = write_rows("fused_linear_ce", rows, device)

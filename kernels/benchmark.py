@@ -18,19 +18,31 @@ from harness.results import append_row
 
 def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> tuple[float, float, float]:
     """(median, p20, p80) milliseconds of fn(), after warm-up, each call bracketed by a synchronize."""
+    return interleaved_time_ms({"fn": fn}, device, warmup, repeats)["fn"]
+
+
+def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3,
+                        repeats: int = 10) -> dict[str, tuple[float, float, float]]:
+    """(median, p20, p80) milliseconds of each fn() by name, timed in rounds that call every fn once (each call
+    bracketed by a synchronize): a drift of the GPU's clock during the run (boost, heat) then weighs on every
+    variant alike instead of on whichever ran last."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    quantile = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
-    return statistics.median(times), quantile[0], quantile[-1]
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1000)
+    summary = {}
+    for name, values in times.items():
+        quantile = statistics.quantiles(values, n=5) if len(values) > 1 else [values[0]] * 4
+        summary[name] = statistics.median(values), quantile[0], quantile[-1]
+    return summary
 
 
 def graph_time_ms(fn, device: torch.device, repeats: int = 10) -> float | None:

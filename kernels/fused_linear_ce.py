@@ -39,7 +39,7 @@ COLS_ALIGN = 128  # sliced tiles' columns: a multiple, so cuBLAS sees aligned le
 
 
 @triton.jit
-def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, tile_max_ptr, BLOCK_V: tl.constexpr,
+def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, stats_stride, col_offset, tile_max_ptr, BLOCK_V: tl.constexpr,
                        STORE_TILE_MAX: tl.constexpr, LOGIT_SUM: tl.constexpr):
     """Merge one row of a logits tile into that row's running (max, sum of exp, target logit, logit sum); with
     STORE_TILE_MAX, also store the row's largest logit in this tile. The logit sum (label smoothing's) only with
@@ -48,12 +48,12 @@ def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, tile_m
     z_row = z_ptr + row * cols
     target = tl.load(y_ptr + row) - col_offset  # the target's column in this tile (may be outside it)
     in_tile = (target >= 0) & (target < cols)
-    target_logit = tl.load(stats_ptr + 2 * n_rows + row)
+    target_logit = tl.load(stats_ptr + 2 * stats_stride + row)
     target_logit += tl.load(z_row + tl.where(in_tile, target, 0), mask=in_tile, other=0.0).to(tl.float32)
     offsets = tl.arange(0, BLOCK_V)
     running_max = tl.load(stats_ptr + row)
-    running_sum = tl.load(stats_ptr + n_rows + row)
-    logit_sum = tl.load(stats_ptr + 3 * n_rows + row)
+    running_sum = tl.load(stats_ptr + stats_stride + row)
+    logit_sum = tl.load(stats_ptr + 3 * stats_stride + row)
     tile_max = -float("inf")
     for start in range(0, cols, BLOCK_V):
         col = start + offsets
@@ -66,24 +66,25 @@ def _tile_stats_kernel(z_ptr, cols, y_ptr, stats_ptr, n_rows, col_offset, tile_m
         if LOGIT_SUM:
             logit_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
     tl.store(stats_ptr + row, running_max)
-    tl.store(stats_ptr + n_rows + row, running_sum)
-    tl.store(stats_ptr + 2 * n_rows + row, target_logit)
+    tl.store(stats_ptr + stats_stride + row, running_sum)
+    tl.store(stats_ptr + 2 * stats_stride + row, target_logit)
     if LOGIT_SUM:
-        tl.store(stats_ptr + 3 * n_rows + row, logit_sum)
+        tl.store(stats_ptr + 3 * stats_stride + row, logit_sum)
     if STORE_TILE_MAX:
         tl.store(tile_max_ptr + row, tile_max)
 
 
 @triton.jit
-def _tile_grad_kernel(z_ptr, cols, y_ptr, lse_ptr, col_offset, vocab, ignore_index, smoothing, grad_scale,
-                      BLOCK_V: tl.constexpr):
-    """Overwrite one row of a logits tile with grad_scale · dℓ/dz (zero for ignored rows)."""
+def _tile_grad_kernel(z_ptr, cols, y_ptr, stats_ptr, stats_stride, col_offset, vocab, ignore_index, smoothing,
+                      grad_scale_ptr, BLOCK_V: tl.constexpr):
+    """Overwrite one row of a logits tile with grad_scale · dℓ/dz (zero for ignored rows), the row's log-sum-exp
+    from its (max, sum of exp)."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * cols
     y = tl.load(y_ptr + row)
-    scale = tl.where(y != ignore_index, grad_scale, 0.0)
+    scale = tl.where(y != ignore_index, tl.load(grad_scale_ptr), 0.0)
     target = y - col_offset
-    lse = tl.load(lse_ptr + row)
+    lse = tl.load(stats_ptr + row) + tl.log(tl.load(stats_ptr + stats_stride + row))
     offsets = tl.arange(0, BLOCK_V)
     for start in range(0, cols, BLOCK_V):
         col = start + offsets
@@ -99,7 +100,7 @@ def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_
     updated with the tile z. tile_max (rows, fp32), when given, receives each row's largest logit in z."""
     rows, cols = z.shape
     if triton_runs_on(z):
-        _tile_stats_kernel[(rows,)](z, cols, targets, stats, rows, col_offset, tile_max,
+        _tile_stats_kernel[(rows,)](z, cols, targets, stats, stats.stride(0), col_offset, tile_max,
                                     BLOCK_V=min(4096, triton.next_power_of_2(cols)),
                                     STORE_TILE_MAX=tile_max is not None, LOGIT_SUM=logit_sum)
         return
@@ -117,19 +118,31 @@ def tile_stats(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_
     stats[2] += torch.where(inside, z32.gather(1, local.clamp(0, cols - 1)[:, None])[:, 0], 0.0)
 
 
-def tile_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, col_offset: int, vocab: int,
-              ignore_index: int, smoothing: float, grad_scale: float) -> None:
-    """Overwrite the tile z with grad_scale · dℓ/dz."""
+def tile_grad(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_offset: int, vocab: int,
+              ignore_index: int, smoothing: float, grad_scale: torch.Tensor) -> None:
+    """Overwrite the tile z with grad_scale · dℓ/dz; stats as tile_stats left them after the whole vocabulary,
+    grad_scale a one-element tensor (a device value: no host synchronization)."""
     rows, cols = z.shape
     if triton_runs_on(z):
-        _tile_grad_kernel[(rows,)](z, cols, targets, lse, col_offset, vocab, ignore_index, smoothing, grad_scale,
-                                   BLOCK_V=min(4096, triton.next_power_of_2(cols)))
+        _tile_grad_kernel[(rows,)](z, cols, targets, stats, stats.stride(0), col_offset, vocab, ignore_index,
+                                   smoothing, grad_scale, BLOCK_V=min(4096, triton.next_power_of_2(cols)))
         return
-    grad = (z.float() - lse[:, None]).exp_().sub_(smoothing / vocab)
+    grad = (z.float() - log_sum_exp(stats)[:, None]).exp_().sub_(smoothing / vocab)
     local = targets - col_offset
     inside = (local >= 0) & (local < cols)
     grad.scatter_add_(1, local.clamp(0, cols - 1)[:, None], torch.where(inside, smoothing - 1.0, 0.0)[:, None])
     z.copy_(grad.mul_(torch.where(targets != ignore_index, grad_scale, 0.0)[:, None]))
+
+
+def log_sum_exp(stats: torch.Tensor) -> torch.Tensor:
+    return stats[0] + stats[1].log()
+
+
+def vocab_slices(vocab: int, cols: int) -> list[int]:
+    """Start column of each vocabulary slice (cols wide), the short remainder first: pass 2 begins with the last
+    slice, whose logits pass 1 left in the tile, so that reuse saves a full-width matmul."""
+    first = vocab % cols or cols
+    return [0, *range(first, vocab, cols)]
 
 
 def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, itemsize: int,
@@ -153,23 +166,27 @@ def kept_slices(tile_max: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, 
 
 
 def add_skipped_targets(grad_hidden: torch.Tensor, grad_weight: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
-                        y: torch.Tensor, rows: slice, keep: list[bool], cols: int, ignore_index: int, coef: float,
-                        chunk: int = 512) -> None:
-    """The −1 of each target's softmax gradient in a skipped slice, added sparsely for the row tile `rows` (h, y):
-    dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i, `chunk` rows at a time (the gathered rows are a temporary)."""
-    skipped = ~torch.tensor(keep, device=y.device)[(y.clamp(min=0) // cols).clamp(max=len(keep) - 1)]
+                        y: torch.Tensor, rows: slice, keep: list[bool], starts: list[int], ignore_index: int,
+                        coef: torch.Tensor, chunk: int = 512) -> None:
+    """The −1 of each target's softmax gradient in a skipped slice (slices begin at `starts`), added sparsely for
+    the row tile `rows` (h, y): dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i, `chunk` rows at a time (the
+    gathered rows are a temporary)."""
+    slice_of = torch.searchsorted(torch.tensor(starts, device=y.device), y.clamp(min=0), right=True) - 1
+    skipped = ~torch.tensor(keep, device=y.device)[slice_of]
     index = torch.nonzero((y != ignore_index) & skipped).squeeze(1)
     dh = grad_hidden[rows]
     for part in index.split(chunk):
-        dh.index_add_(0, part, weight[y[part]], alpha=coef)
-        grad_weight.index_add_(0, y[part], h[part], alpha=coef)
+        dh.index_add_(0, part, weight[y[part]].mul_(coef))
+        grad_weight.index_add_(0, y[part], h[part].mul(coef))
 
 
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps):
         n_tokens, vocab = hidden.shape[0], weight.shape[0]
-        n_valid = max(int((targets != ignore_index).sum()), 1)
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        valid = targets != ignore_index
+        inv_valid = 1.0 / valid.sum().clamp(min=1).to(acc)  # stays on the device: the host runs ahead of the GPU
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         filtering = filter_eps is not None and need_grad
         # exact: every row of dH and of dW is first written by a matmul (out=), then accumulated into — no zero fill
@@ -178,42 +195,40 @@ class _FusedLinearCE(torch.autograd.Function):
         grad_hidden = new(hidden) if need_grad else None
         grad_weight = new(weight) if need_grad else None
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
-        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-        slices = range(0, vocab, cols)
+        stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
+        stats[0] = -float("inf")
+        starts = vocab_slices(vocab, cols)
+        ends = [*starts[1:], vocab]
         for r0 in range(0, n_tokens, rows):
-            h, y = hidden[r0:r0 + rows], targets[r0:r0 + rows]
-            stats = torch.zeros(4, h.shape[0], dtype=total.dtype, device=hidden.device)
-            stats[0] = -float("inf")
-            tile_max = torch.empty(len(slices), h.shape[0], dtype=total.dtype, device=hidden.device) \
-                if filtering else [None] * len(slices)
-            for k, c0 in enumerate(slices):
-                w = weight[c0:c0 + cols]
-                z = torch.matmul(h, w.T, out=tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0]))
-                tile_stats(z, y, stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
-            lse = stats[0] + stats[1].log()
-            losses = lse - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
-            total += torch.where(y != ignore_index, losses, 0.0).sum()
+            h, y, row_stats = hidden[r0:r0 + rows], targets[r0:r0 + rows], stats[:, r0:r0 + rows]
+            tile_max = torch.empty(len(starts), h.shape[0], dtype=acc, device=hidden.device) \
+                if filtering else [None] * len(starts)
+            for k, (c0, c1) in enumerate(zip(starts, ends, strict=True)):
+                z = torch.matmul(h, weight[c0:c1].T, out=tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0))
+                tile_stats(z, y, row_stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
             if not need_grad:
                 continue
-            keep = kept_slices(tile_max, lse, y != ignore_index, filter_eps) if filtering else [True] * len(slices)
-            for k in reversed(range(len(slices))):  # from the slice whose logits pass 1 left in the tile
+            keep = kept_slices(tile_max, log_sum_exp(row_stats), y != ignore_index, filter_eps) if filtering \
+                else [True] * len(starts)
+            for k in reversed(range(len(starts))):  # from the slice whose logits pass 1 left in the tile
                 if not keep[k]:
                     continue
-                c0 = slices[k]
-                w = weight[c0:c0 + cols]
-                z = tile[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
-                if k != len(slices) - 1:
+                c0, c1 = starts[k], ends[k]
+                w = weight[c0:c1]
+                z = tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0)
+                if k != len(starts) - 1:
                     torch.matmul(h, w.T, out=z)
-                tile_grad(z, y, lse, c0, vocab, ignore_index, smoothing, 1.0 / n_valid)
-                dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c0 + cols]
-                first_dh, first_dw = not filtering and k == len(slices) - 1, not filtering and r0 == 0
+                tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
+                dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c1]
+                first_dh, first_dw = not filtering and k == len(starts) - 1, not filtering and r0 == 0
                 torch.matmul(z, w, out=dh) if first_dh else dh.addmm_(z, w)
                 torch.matmul(z.T, h, out=dw) if first_dw else dw.addmm_(z.T, h)
             if filtering:
-                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, cols,
-                                    ignore_index, -1.0 / n_valid)
+                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, starts,
+                                    ignore_index, -inv_valid)
+        losses = log_sum_exp(stats) - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
         ctx.save_for_backward(grad_hidden, grad_weight)
-        return total / n_valid
+        return torch.where(valid, losses, 0.0).sum() * inv_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
