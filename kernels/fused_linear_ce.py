@@ -127,7 +127,7 @@ def tile_grad(z: torch.Tensor, targets: torch.Tensor, stats: torch.Tensor, col_o
         _tile_grad_kernel[(rows,)](z, cols, targets, stats, stats.stride(0), col_offset, vocab, ignore_index,
                                    smoothing, grad_scale, BLOCK_V=min(4096, triton.next_power_of_2(cols)))
         return
-    grad = (z.float() - log_sum_exp(stats)[:, None]).exp_().sub_(smoothing / vocab)
+    grad = (z.float() - log_sum_exp(stats).float()[:, None]).exp_().sub_(smoothing / vocab)  # fp32, as the kernel
     local = targets - col_offset
     inside = (local >= 0) & (local < cols)
     grad.scatter_add_(1, local.clamp(0, cols - 1)[:, None], torch.where(inside, smoothing - 1.0, 0.0)[:, None])

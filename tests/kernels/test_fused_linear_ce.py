@@ -69,31 +69,34 @@ def test_tile_budget(budget, whole_rows):
     assert whole_rows or cols % 128 == 0  # aligned leading dimension for cuBLAS
 
 
-def test_plain_torch_path_matches_the_kernels():
-    """CPU jobs without the interpreter take the plain-torch tile computations: same numbers."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plain_torch_path_matches_the_kernels(dtype, monkeypatch):
+    """CPU jobs without the interpreter take the plain-torch tile computations: same numbers (both in fp32 inside,
+    also for a float64 model, whose statistics are float64)."""
     from kernels import fused_linear_ce as module
 
     gen = torch.Generator().manual_seed(3)
-    z = torch.randn(7, 45, generator=gen, dtype=torch.float32)
+    z = torch.randn(7, 45, generator=gen, dtype=dtype)
     y = torch.tensor([1, -100, 44, 60, 3, -100, 9])  # 60 lies outside this tile (columns 20..64)
     results = []
     for use_kernel in (True, False):
         tile = z.clone().to(DEVICE if use_kernel else "cpu")
         targets = y.to(tile.device)
-        stats = torch.zeros(4, 7, device=tile.device)
+        stats = torch.zeros(4, 7, dtype=dtype, device=tile.device)
         stats[0] = -float("inf")
-        tile_max = torch.empty(7, device=tile.device)
-        grad_scale = torch.tensor(0.2, device=tile.device)
+        tile_max = torch.empty(7, dtype=dtype, device=tile.device)
+        grad_scale = torch.tensor(0.2, dtype=dtype, device=tile.device)
         if use_kernel:
             module._tile_stats_kernel[(7,)](tile, 45, targets, stats, 7, 20, tile_max, BLOCK_V=16, STORE_TILE_MAX=True,
                                             LOGIT_SUM=True)
             module._tile_grad_kernel[(7,)](tile, 45, targets, stats, 7, 20, 200, -100, 0.1, grad_scale, BLOCK_V=16)
-        else:
+        else:  # under the interpreter tile_stats would run the kernel too
+            monkeypatch.setattr(module, "triton_runs_on", lambda x: False)
             module.tile_stats(tile, targets, stats, 20, tile_max)
             module.tile_grad(tile, targets, stats, 20, 200, -100, 0.1, grad_scale)
         results.append((stats.cpu(), tile.cpu(), tile_max.cpu()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
-    assert torch.equal(results[0][2], results[1][2]) and torch.equal(results[1][2], z.amax(dim=1))
+    assert torch.equal(results[0][2], results[1][2]) and torch.equal(results[1][2], z.float().amax(dim=1).to(dtype))
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
 
 
