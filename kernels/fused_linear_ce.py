@@ -36,8 +36,10 @@ MIN_FULL_ROWS = 512  # below this many whole rows per tile, slice the vocabulary
 # slice all of dH_R, so the tile is cut about evenly between the two (bench_fused_linear_ce times 1024 / 2048 / 4096)
 TILE_ROWS = 2048
 # sliced tiles' columns: a multiple. cuBLAS's 256-wide tiles then divide them, and at 2048 rows they fill whole waves
-# of an H100/H200's 132 SMs: at LLaMA-3 shapes 2048 × 4096 ran 3.7 % faster than 2048 × 3968 (one interleaved run)
-COLS_ALIGN = 1024
+# of an H100/H200's 132 SMs: at LLaMA-3 shapes 2048 × 4096 ran 3.7 % faster than 2048 × 3968 (one interleaved run).
+# Below 4 × COLS_ALIGN columns (small budgets: vocab 32000) no shape fills a wave; a multiple of SMALL_COLS_ALIGN
+# keeps the tile near its budget (2048 × 1280 ran 15.9 ms there, 2048 × 1024 19.2 ms)
+COLS_ALIGN, SMALL_COLS_ALIGN = 1024, 128
 
 
 @triton.jit
@@ -156,7 +158,9 @@ def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, i
     if full_rows >= min(MIN_FULL_ROWS, n_tokens):
         return min(full_rows, n_tokens), vocab
     rows = min(n_tokens, tile_rows)
-    cols = max(COLS_ALIGN, elements // rows // COLS_ALIGN * COLS_ALIGN)  # tiny problems exceed the budget, not crawl
+    cols = elements // rows
+    align = COLS_ALIGN if cols >= 4 * COLS_ALIGN else SMALL_COLS_ALIGN
+    cols = max(SMALL_COLS_ALIGN, cols // align * align)  # tiny problems exceed the budget, not crawl
     return rows, min(vocab, cols)
 
 

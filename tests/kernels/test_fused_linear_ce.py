@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.fused_linear_ce import COLS_ALIGN, fused_linear_cross_entropy, tile_shape
+from kernels.fused_linear_ce import COLS_ALIGN, SMALL_COLS_ALIGN, fused_linear_cross_entropy, tile_shape
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (loss rtol, gradient rtol) relative to the float64 reference, by input dtype
@@ -61,12 +61,14 @@ def test_no_grad_path_computes_the_loss_only():
     torch.testing.assert_close(loss, F.cross_entropy(h @ w.T, y))
 
 
-@pytest.mark.parametrize("budget,whole_rows", [(0.02, False), (0.28, True)])
-def test_tile_budget(budget, whole_rows):
-    rows, cols = tile_shape(8192, 128256, 4096, budget, itemsize=2)
-    assert rows * cols * 2 <= budget * (8192 + 128256) * 4096 * 2 and rows >= 512
-    assert (cols == 128256) == whole_rows
-    assert whole_rows or cols % COLS_ALIGN == 0
+@pytest.mark.parametrize("vocab,budget,whole_rows,align", [(128256, 0.02, False, COLS_ALIGN),
+                                                            (32000, 0.016, False, SMALL_COLS_ALIGN),
+                                                            (128256, 0.28, True, None)])
+def test_tile_budget(vocab, budget, whole_rows, align):
+    rows, cols = tile_shape(8192, vocab, 4096, budget, itemsize=2)
+    assert rows * cols * 2 <= budget * (8192 + vocab) * 4096 * 2 and rows >= 512
+    assert (cols == vocab) == whole_rows
+    assert whole_rows or cols % align == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
