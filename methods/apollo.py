@@ -44,6 +44,15 @@ def growth_ratios(norms: list[torch.Tensor], states: list[dict], key: str, gamma
     return ratios
 
 
+def growth_ratio(norm: torch.Tensor, state: dict, key: str, gamma: float, scale: float = 1.0) -> torch.Tensor:
+    """growth_ratios for one update, in plain tensor operations (the layer-wise loop steps one matrix at a time,
+    where foreach launches over lists of one cost the host more than the GPU's work)."""
+    limit = state[key] * gamma if key in state else torch.full_like(norm, float("inf"))
+    ratio = (limit / norm.clamp_min(1e-30)).clamp_max_(1.0).mul_(scale)
+    state[key] = torch.minimum(norm, limit)
+    return ratio
+
+
 def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, but one tensor is a view, not a copy: the layer-wise loop updates one matrix at a time."""
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
@@ -99,6 +108,8 @@ class ApolloAdamW(ProjectedAdamW):
         G is read for them once and never rewritten, and the parameter update reads it once more. Per matrix the
         work is one norm; the factors are scaled and cast per shape (at 1B a matrix's own launches cost the host
         more than they cost the GPU)."""
+        if len(grads) == 1:
+            return [self.update_factor(grads[0], lows[0], directions[0], states[0], group)]
         groups = self.scaling_factors(lows, directions, states)
         factors = [None] * len(grads)
         for members, stacked in groups:
@@ -113,6 +124,21 @@ class ApolloAdamW(ProjectedAdamW):
             for i, factor in zip(members, (stacked * scale).to(grads[members[0]].dtype).unbind(0), strict=True):
                 factors[i] = factor
         return factors
+
+    def update_factor(self, grad, low, direction, state, group) -> torch.Tensor:
+        """update_factors for one matrix in plain tensor operations: at 7b the layer-wise loop's host time per
+        matrix, not the GPU, set the step time (stacking, unbinding and foreach launches over lists of one took
+        twice apollo-torch's host time)."""
+        tensorwise = self.options.scaling == "tensor"
+        dims = (0, 1) if tensorwise else (0 if state["side"] == "left" else 1)
+        low_norm, direction_norm = (torch.linalg.vector_norm(t, dim=dims, keepdim=not tensorwise,
+                                                             dtype=float32_at_least(low)) for t in (low, direction))
+        factor = direction_norm / low_norm.clamp_(min=1e-12)
+        beta1, beta2 = group["betas"]
+        bias_correction = (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
+        norm = torch.linalg.vector_norm(self.channel_norms([grad], [state])[0] * factor) / bias_correction
+        ratio = growth_ratio(norm, state, "prev_norm", self.options.growth_limit, scale=self.options.scale)
+        return (factor * ratio).to(grad.dtype)
 
     def full_update(self, grad, low_grad, direction, state, group):
         return grad.mul_(self.update_factors([grad], [low_grad], [direction], [state], group)[0])
