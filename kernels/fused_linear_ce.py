@@ -3,15 +3,17 @@
 The logits are computed one tile of R tokens × C vocabulary entries at a time, in the inputs' dtype (bf16 logits,
 as the unfused graph has them; every reduction below is in fp32), into one reused tile buffer:
   pass 1, per vocabulary tile: z = h_R W_Cᵀ; a Triton program per row merges the tile into the row's running
-          max, sum of exp, target logit and logit sum (online log-sum-exp), so after the last tile
+          max, sum of exp, target logit and (with label smoothing) logit sum, online, so after the last tile
               ℓ = lse − (1 − ε) z_y − ε · mean(z)          (ε = label smoothing; rows with y = ignore_index give 0)
-  pass 2, per vocabulary tile, last first: z again (a fourth matmul; not for the last tile, still in the buffer),
+  pass 2, per vocabulary tile, last first: z again (a fourth matmul; not for the last tile, still in the buffer,
+          and a full-width one: the short remainder slice comes first),
           overwritten in place by
               dz = (softmax(z) − (1 − ε) onehot(y) − ε / V) / n_valid,
           then dH_R += dz W_C and dW_C += dzᵀ h_R (accumulated in the gradients' own storage: no fp32 copies).
 When a tile holds whole rows (C = V) pass 2 reuses pass 1's logits: three matmuls, like the unfused graph.
 The gradients are produced in the forward pass and scaled by the incoming gradient in backward (the loss is
-terminal). Memory beyond the two gradients: the R × C tile plus four floats per row.
+terminal). Memory beyond the two gradients: the R × C tile plus four floats per row. Nothing in the forward waits
+on the GPU (n_valid and the loss stay device tensors), so the host queues the next tiles while the GPU works.
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
