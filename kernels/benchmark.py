@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,7 +75,8 @@ def peak_bytes(fn, device: torch.device) -> int | None:
 
 
 def profile_table(fn, device: torch.device, warmup: int = 3, rows: int = 12) -> str:
-    """torch.profiler's per-kernel table of one fn() after warm-up, sorted by device time: where the time goes."""
+    """torch.profiler's per-kernel table of one fn() after warm-up, sorted by device time: where the time goes; on
+    CUDA also how long the GPU sat idle between the kernels (kernel_timeline)."""
     for _ in range(warmup):
         fn()
     activities = [torch.profiler.ProfilerActivity.CPU] + \
@@ -84,7 +86,28 @@ def profile_table(fn, device: torch.device, warmup: int = 3, rows: int = 12) -> 
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+    if device.type != "cuda":
+        return table
+    with tempfile.TemporaryDirectory() as folder:
+        prof.export_chrome_trace(f"{folder}/trace.json")
+        events = json.loads(Path(f"{folder}/trace.json").read_text())["traceEvents"]
+    return f"{table}\n{kernel_timeline([e for e in events if e.get('cat') == 'kernel'])}"
+
+
+def kernel_timeline(kernels: list[dict]) -> str:
+    """One line on a call's GPU kernels (trace events: ts, dur in µs): their busy time, the span from the first's
+    start to the last's end, and the idle time between them with its longest gaps — time the kernels' table cannot
+    show (a host that cannot keep up, a synchronization)."""
+    if not kernels:
+        return "no GPU kernels"
+    kernels = sorted(kernels, key=lambda e: e["ts"])
+    busy = sum(e["dur"] for e in kernels)
+    span = max(e["ts"] + e["dur"] for e in kernels) - kernels[0]["ts"]
+    gaps = sorted((b["ts"] - a["ts"] - a["dur"] for a, b in zip(kernels, kernels[1:])), reverse=True)
+    longest = ", ".join(f"{gap:.0f}" for gap in gaps[:3] if gap > 0)
+    return (f"{len(kernels)} kernels: busy {busy / 1000:.2f} ms of a {span / 1000:.2f} ms span, idle "
+            f"{(span - busy) / 1000:.2f} ms between them (longest gaps, µs: {longest or '-'})")
 
 
 def write_rows(name: str, rows: list[dict], device: torch.device, out_dir: Path | None = None) -> Path:
