@@ -104,7 +104,7 @@ def kernel_timeline(kernels: list[dict]) -> str:
     kernels = sorted(kernels, key=lambda e: e["ts"])
     busy = sum(e["dur"] for e in kernels)
     span = max(e["ts"] + e["dur"] for e in kernels) - kernels[0]["ts"]
-    gaps = sorted((b["ts"] - a["ts"] - a["dur"] for a, b in zip(kernels, kernels[1:])), reverse=True)
+    gaps = sorted((b["ts"] - a["ts"] - a["dur"] for a, b in zip(kernels, kernels[1:], strict=False)), reverse=True)
     longest = ", ".join(f"{gap:.0f}" for gap in gaps[:3] if gap > 0)
     return (f"{len(kernels)} kernels: busy {busy / 1000:.2f} ms of a {span / 1000:.2f} ms span, idle "
             f"{(span - busy) / 1000:.2f} ms between them (longest gaps, µs: {longest or '-'})")
