@@ -62,12 +62,19 @@ def graph_time_ms(fn, device: torch.device, repeats: int = 10) -> float | None:
     return time_ms(graph.replay, device, repeats=repeats)[0]
 
 
-def peak_bytes(fn, device: torch.device) -> int | None:
-    """torch.cuda.max_memory_allocated during fn() above what was allocated before it (None off CUDA)."""
+def allocated_bytes(device: torch.device) -> int | None:
+    """torch.cuda.memory_allocated after a synchronize (None off CUDA)."""
     if device.type != "cuda":
         return None
     torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
+    return torch.cuda.memory_allocated()
+
+
+def peak_bytes(fn, device: torch.device) -> int | None:
+    """torch.cuda.max_memory_allocated during fn() above what was allocated before it (None off CUDA)."""
+    base = allocated_bytes(device)
+    if base is None:
+        return None
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
