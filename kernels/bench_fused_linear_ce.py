@@ -3,8 +3,9 @@ F.cross_entropy(h @ W.T, y), eager PyTorch, Liger-Kernel and cut-cross-entropy, 
 
 Memory beyond the inputs is torch.cuda.max_memory_allocated during forward + backward minus what was allocated
 before; the lower bound is the two gradients, (N + V) · D · 2 bytes. What a variant's first call leaves allocated
-for good (workspaces, caches) is reported beside it (kept_after_first_call), not in the peak. Time is the median of repeats (synchronized),
-timed in rounds that run every variant once (a drift of the GPU's clock weighs on all alike).
+for good (workspaces, caches) is reported beside it (kept_after_first_call), not in the peak. Time is the median
+of repeats (synchronized), timed in rounds that run every variant once (a drift of the GPU's clock weighs on all
+alike).
 Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
 
     python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]

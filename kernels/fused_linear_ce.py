@@ -155,6 +155,12 @@ def vocab_slices(vocab: int, cols: int) -> list[int]:
     return [0, *range(first, vocab, cols)]
 
 
+def slice_bounds(vocab: int, cols: int) -> list[tuple[int, int]]:
+    """(first column, end) of each vocabulary slice, in vocab_slices' order."""
+    starts = vocab_slices(vocab, cols)
+    return list(zip(starts, [*starts[1:], vocab], strict=True))
+
+
 def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, itemsize: int,
                tile_rows: int = TILE_ROWS) -> tuple[int, int]:
     """(rows, cols) of the logits tile so that its bytes stay within budget_fraction of the gradients' bytes;
@@ -178,12 +184,13 @@ def kept_slices(tile_max: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, 
 
 
 def add_skipped_targets(grad_hidden: torch.Tensor, grad_weight: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
-                        y: torch.Tensor, rows: slice, keep: list[bool], starts: list[int], ignore_index: int,
-                        coef: torch.Tensor, chunk: int = 512) -> None:
-    """The −1 of each target's softmax gradient in a skipped slice (slices begin at `starts`), added sparsely for
-    the row tile `rows` (h, y): dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i, `chunk` rows at a time (the
-    gathered rows are a temporary)."""
-    slice_of = torch.searchsorted(torch.tensor(starts, device=y.device), y.clamp(min=0), right=True) - 1
+                        y: torch.Tensor, rows: slice, keep: list[bool], bounds: list[tuple[int, int]],
+                        ignore_index: int, coef: torch.Tensor, chunk: int = 512) -> None:
+    """The −1 of each target's softmax gradient in a skipped slice (slice_bounds), added sparsely for the row tile
+    `rows` (h, y): dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i, `chunk` rows at a time (the gathered rows are a
+    temporary)."""
+    starts = torch.tensor([c0 for c0, _ in bounds], device=y.device)
+    slice_of = torch.searchsorted(starts, y.clamp(min=0), right=True) - 1
     skipped = ~torch.tensor(keep, device=y.device)[slice_of]
     index = torch.nonzero((y != ignore_index) & skipped).squeeze(1)
     dh = grad_hidden[rows]
@@ -220,16 +227,14 @@ class _FusedLinearCE(torch.autograd.Function):
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
         stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
         stats[0] = -float("inf")
-        starts = vocab_slices(vocab, cols)
-        ends = [*starts[1:], vocab]
+        bounds = slice_bounds(vocab, cols)
         row_tiles = [(hidden[r0:r0 + rows], targets[r0:r0 + rows], stats[:, r0:r0 + rows])
                      for r0 in range(0, n_tokens, rows)]
 
-        def statistics(i, buffer, width, tile_max=None):
-            """Pass 1 of row tile i through `buffer`, `width` columns at a time; the last slice stays in it."""
+        def statistics(i, buffer, slices, tile_max=None):
+            """Pass 1 of row tile i through `buffer`, slice by slice (slice_bounds); the last slice stays in it."""
             h, y, row_stats = row_tiles[i]
-            slice_starts = vocab_slices(vocab, width)
-            for k, (c0, c1) in enumerate(zip(slice_starts, [*slice_starts[1:], vocab], strict=True)):
+            for k, (c0, c1) in enumerate(slices):
                 z = torch.matmul(h, weight[c0:c1].T, out=buffer[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0))
                 tile_stats(z, y, row_stats, c0, None if tile_max is None else tile_max[k], logit_sum=smoothing != 0.0)
 
@@ -237,15 +242,16 @@ class _FusedLinearCE(torch.autograd.Function):
         # side stream, so that its matmuls and statistics kernels fill the other's launch gaps and tails
         lookahead = lookahead_cols is not None and need_grad
         ahead = torch.empty(rows * lookahead_cols, dtype=hidden.dtype, device=hidden.device) if lookahead else None
+        ahead_bounds = slice_bounds(vocab, lookahead_cols) if lookahead else None
         side = side_stream(hidden.device) if lookahead and hidden.is_cuda else None
         ready = [None] * len(row_tiles)  # side-stream events: pass 1 of that row tile is done
 
         def statistics_ahead(i):
             if side is None:
-                statistics(i, ahead, lookahead_cols)
+                statistics(i, ahead, ahead_bounds)
                 return
             with torch.cuda.stream(side):
-                statistics(i, ahead, lookahead_cols)
+                statistics(i, ahead, ahead_bounds)
                 ready[i] = side.record_event()
 
         if side is not None:
@@ -254,33 +260,33 @@ class _FusedLinearCE(torch.autograd.Function):
             statistics_ahead(0)
         for i, (h, y, row_stats) in enumerate(row_tiles):
             r0 = i * rows
-            tile_max = torch.empty(len(starts), h.shape[0], dtype=acc, device=hidden.device) if filtering else None
+            tile_max = torch.empty(len(bounds), h.shape[0], dtype=acc, device=hidden.device) if filtering else None
             if lookahead:
                 if i + 1 < len(row_tiles):
                     statistics_ahead(i + 1)
                 if ready[i] is not None:
                     torch.cuda.current_stream().wait_event(ready[i])
             else:
-                statistics(i, tile, cols, tile_max)
+                statistics(i, tile, bounds, tile_max)
             if not need_grad:
                 continue
             keep = kept_slices(tile_max, log_sum_exp(row_stats), y != ignore_index, filter_eps) if filtering \
-                else [True] * len(starts)
-            for k in reversed(range(len(starts))):  # from the slice whose logits pass 1 left in the tile
+                else [True] * len(bounds)
+            for k in reversed(range(len(bounds))):  # from the slice whose logits pass 1 left in the tile
                 if not keep[k]:
                     continue
-                c0, c1 = starts[k], ends[k]
+                c0, c1 = bounds[k]
                 w = weight[c0:c1]
                 z = tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0)
-                if lookahead or k != len(starts) - 1:
+                if lookahead or k != len(bounds) - 1:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
                 dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c1]
-                first_dh, first_dw = not filtering and k == len(starts) - 1, not filtering and r0 == 0
+                first_dh, first_dw = not filtering and k == len(bounds) - 1, not filtering and r0 == 0
                 torch.matmul(z, w, out=dh) if first_dh else dh.addmm_(z, w)
                 torch.matmul(z.T, h, out=dw) if first_dw else dw.addmm_(z.T, h)
             if filtering:
-                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, starts,
+                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, bounds,
                                     ignore_index, -inv_valid)
         if side is not None:  # before the statistics are read here and the look-ahead tile is freed
             torch.cuda.current_stream().wait_stream(side)
