@@ -21,11 +21,10 @@ vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Optional
 as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per vocabulary slice, and pass 2 skips
 a slice where softmax < filter_eps for every row of the tile — its logits are not recomputed and its two gradient
 matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely (an approximate gradient: each
-dropped value is below filter_eps / n_valid). Optional look-ahead (lookahead_cols, exact gradients only): pass 1 of
-the next row tile runs during this one's pass 2 on a side CUDA stream, through a second, narrower tile, so that its
-kernels fill the launch gaps and matmul tails of pass 2 (~3 ms of idle GPU in a memory-mode step at LLaMA-3 shapes);
-pass 2 then recomputes every slice. Not yet timed on a GPU: kernels/bench_fused_linear_ce.py's
-ours_memory_lookahead variant is there to decide it.
+dropped value is below filter_eps / n_valid).
+Tried and dropped: pass 1 of the next row tile on a side CUDA stream during this one's pass 2, to fill pass 2's
+launch gaps (~3 ms of idle GPU a memory-mode step): the two streams' matmuls slowed each other, 59.5 against 53.9 ms
+at LLaMA-3 shapes on an H200 (45.1 against 16.4 at vocab 32000; stop 16's rows in results/h200/kernels).
 """
 from __future__ import annotations
 
@@ -199,20 +198,9 @@ def add_skipped_targets(grad_hidden: torch.Tensor, grad_weight: torch.Tensor, h:
         grad_weight.index_add_(0, y[part], h[part].mul(coef))
 
 
-_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One look-ahead stream per device, kept: cuBLAS keeps a workspace per stream it has run on, so a new stream
-    per call would add one each time."""
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
-
-
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps, lookahead_cols):
+    def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps):
         n_tokens, vocab = hidden.shape[0], weight.shape[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)
         valid = targets != ignore_index
@@ -228,46 +216,13 @@ class _FusedLinearCE(torch.autograd.Function):
         stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
         stats[0] = -float("inf")
         bounds = slice_bounds(vocab, cols)
-        row_tiles = [(hidden[r0:r0 + rows], targets[r0:r0 + rows], stats[:, r0:r0 + rows])
-                     for r0 in range(0, n_tokens, rows)]
-
-        def statistics(i, buffer, slices, tile_max=None):
-            """Pass 1 of row tile i through `buffer`, slice by slice (slice_bounds); the last slice stays in it."""
-            h, y, row_stats = row_tiles[i]
-            for k, (c0, c1) in enumerate(slices):
-                z = torch.matmul(h, weight[c0:c1].T, out=buffer[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0))
-                tile_stats(z, y, row_stats, c0, None if tile_max is None else tile_max[k], logit_sum=smoothing != 0.0)
-
-        # look-ahead: pass 1 of the next row tile runs during this one's pass 2, in its own tile and (on CUDA) on a
-        # side stream, so that its matmuls and statistics kernels fill the other's launch gaps and tails
-        lookahead = lookahead_cols is not None and need_grad
-        ahead = torch.empty(rows * lookahead_cols, dtype=hidden.dtype, device=hidden.device) if lookahead else None
-        ahead_bounds = slice_bounds(vocab, lookahead_cols) if lookahead else None
-        side = side_stream(hidden.device) if lookahead and hidden.is_cuda else None
-        ready = [None] * len(row_tiles)  # side-stream events: pass 1 of that row tile is done
-
-        def statistics_ahead(i):
-            if side is None:
-                statistics(i, ahead, ahead_bounds)
-                return
-            with torch.cuda.stream(side):
-                statistics(i, ahead, ahead_bounds)
-                ready[i] = side.record_event()
-
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream())  # the inputs and the statistics' initial values
-        if lookahead:
-            statistics_ahead(0)
-        for i, (h, y, row_stats) in enumerate(row_tiles):
-            r0 = i * rows
-            tile_max = torch.empty(len(bounds), h.shape[0], dtype=acc, device=hidden.device) if filtering else None
-            if lookahead:
-                if i + 1 < len(row_tiles):
-                    statistics_ahead(i + 1)
-                if ready[i] is not None:
-                    torch.cuda.current_stream().wait_event(ready[i])
-            else:
-                statistics(i, tile, bounds, tile_max)
+        for r0 in range(0, n_tokens, rows):
+            h, y, row_stats = hidden[r0:r0 + rows], targets[r0:r0 + rows], stats[:, r0:r0 + rows]
+            tile_max = torch.empty(len(bounds), h.shape[0], dtype=acc, device=hidden.device) \
+                if filtering else [None] * len(bounds)
+            for k, (c0, c1) in enumerate(bounds):  # pass 1; the last slice's logits stay in the tile
+                z = torch.matmul(h, weight[c0:c1].T, out=tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0))
+                tile_stats(z, y, row_stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
             if not need_grad:
                 continue
             keep = kept_slices(tile_max, log_sum_exp(row_stats), y != ignore_index, filter_eps) if filtering \
@@ -278,7 +233,7 @@ class _FusedLinearCE(torch.autograd.Function):
                 c0, c1 = bounds[k]
                 w = weight[c0:c1]
                 z = tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0)
-                if lookahead or k != len(bounds) - 1:
+                if k != len(bounds) - 1:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
                 dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c1]
@@ -288,8 +243,6 @@ class _FusedLinearCE(torch.autograd.Function):
             if filtering:
                 add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, bounds,
                                     ignore_index, -inv_valid)
-        if side is not None:  # before the statistics are read here and the look-ahead tile is freed
-            torch.cuda.current_stream().wait_stream(side)
         losses = log_sum_exp(stats) - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
         ctx.save_for_backward(grad_hidden, grad_weight)
         return torch.where(valid, losses, 0.0).sum() * inv_valid
@@ -302,20 +255,18 @@ class _FusedLinearCE(torch.autograd.Function):
         if grad_hidden is not None and grad_loss.item() != 1.0:
             grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
             grad_weight.mul_(grad_loss.to(grad_weight.dtype))
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                ignore_index: int = -100, label_smoothing: float = 0.0,
                                tile: tuple[int, int] | None = None, budget_fraction: float = 0.02,
-                               filter_eps: float | None = None, lookahead_cols: int | None = None) -> torch.Tensor:
+                               filter_eps: float | None = None) -> torch.Tensor:
     """Mean cross-entropy of hidden (N × D) @ weight (V × D)ᵀ against targets (N), over targets ≠ ignore_index.
     tile = (rows, cols) of the logits tile; by default from budget_fraction (tile_shape). filter_eps: skip, in the
     gradient, the vocabulary slices of a row tile where every softmax value is below it (as cut-cross-entropy's
     default does per block, from a recomputed block; here from pass 1's per-row tile maxima, so a skipped slice costs
-    no matmul at all), the targets' −1 there added sparsely; None: the exact gradient. lookahead_cols: pass 1 of the
-    next row tile runs during this one's pass 2 (on a side CUDA stream) through its own rows × lookahead_cols tile,
-    and pass 2 recomputes every slice (exact gradients only); None: one stream, one tile."""
+    no matmul at all), the targets' −1 there added sparsely; None: the exact gradient."""
     hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     targets = targets.reshape(-1).contiguous()
     if hidden.shape[0] == 0:
@@ -331,8 +282,5 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     if filter_eps is not None and (label_smoothing != 0.0 or not 0.0 < filter_eps < 1.0):
         raise ValueError(f"filter_eps={filter_eps} with label_smoothing={label_smoothing}: filtering needs "
                          "0 < filter_eps < 1 and no label smoothing (its −ε/V is in every logit's gradient)")
-    if lookahead_cols is not None and (lookahead_cols < 1 or filter_eps is not None):
-        raise ValueError(f"lookahead_cols={lookahead_cols} with filter_eps={filter_eps}: the look-ahead needs "
-                         "lookahead_cols >= 1 and exact gradients (filter_eps=None)")
     return _FusedLinearCE.apply(hidden, weight, targets, ignore_index, label_smoothing, rows,
-                                min(cols, weight.shape[0]), filter_eps, lookahead_cols)
+                                min(cols, weight.shape[0]), filter_eps)
