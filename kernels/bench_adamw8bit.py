@@ -2,7 +2,8 @@
 AdamW (moments in the parameter dtype), our 8-bit AdamW (Triton kernel), and the reference 8-bit optimizers where installed
 (bitsandbytes AdamW8bit, torchao AdamW8bit). Reports step time (median of repeats, ratio to torch fused, all in one
 run; torch's, ours and the references timed in interleaved rounds, so that a drift of the GPU's clock weighs on all
-alike) and optimizer-state bytes per parameter (storages, subclasses through their inner tensors).
+alike, each step after ~40 ms of matmuls as after a backward pass: benchmark.matmul_load) and optimizer-state bytes
+per parameter (storages, subclasses through their inner tensors).
 
     python -m kernels.bench_adamw8bit [--model llama_1b] [--dtype bf16] [--repeats 20]
 """
@@ -16,7 +17,7 @@ import yaml
 
 from harness import CONF_DIR
 from harness.probes import optimizer_state_tensors, storage_bytes
-from kernels.benchmark import interleaved_time_ms, print_table, profile_table, time_ms, write_rows
+from kernels.benchmark import interleaved_time_ms, matmul_load, print_table, profile_table, time_ms, write_rows
 from methods.adamw8bit import AdamW8bit
 
 
@@ -74,6 +75,7 @@ def main(argv=None) -> None:
                 ("_k8" if options.get("key_bits") else "") + ("" if options.get("stream", True) else "_l1")
             variants[name] = partial(AdamW8bit, lr=1e-4, kernel_options=options)
     rows, steps = [], {}  # torch's, ours and the references: timed in interleaved rounds, alive together
+    load = matmul_load(device)
     for name, factory in variants.items():
         row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,
                "shape": f"{len(shapes)} tensors, {n_params} params", "n_params": n_params}
@@ -95,7 +97,8 @@ def main(argv=None) -> None:
             state = storage_bytes(optimizer_state_tensors(optimizer))
             row.update(optimizer_state=state, state_bytes_per_param=state / n_params)
             if name.startswith("ours_kernel_"):  # the grid, one option set at a time: all alive would not fit
-                median, p20, p80 = time_ms(optimizer.step, device, warmup=2, repeats=args.repeats)
+                median, p20, p80 = time_ms(optimizer.step, device, warmup=2, repeats=args.repeats,
+                                             before_each=load)
                 row.update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
                 del optimizer
             else:
@@ -106,7 +109,8 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     by_name = {r["variant"]: r for r in rows}
-    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=args.repeats).items():
+    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=args.repeats,
+                                                             before_each=load).items():
         by_name[name].update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
     if args.profile:
         return

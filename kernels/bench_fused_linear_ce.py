@@ -5,7 +5,8 @@ Memory beyond the inputs is torch.cuda.max_memory_allocated during forward + bac
 before; the lower bound is the two gradients, (N + V) · D · 2 bytes. What a variant's first call leaves allocated
 for good (workspaces, caches: eager's 64 MiB at vocab 128256 on an H200) is reported beside it
 (kept_after_first_call), not in the peak. Time is the median of repeats (synchronized), timed in rounds that run
-every variant once (a drift of the GPU's clock weighs on all alike).
+every variant once (a drift of the GPU's clock weighs on all alike), each call after ~40 ms of bf16 matmuls
+(benchmark.matmul_load: as a model's layers precede its head; every variant starts from the same clock).
 Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
 
     python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
@@ -18,7 +19,15 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from kernels.benchmark import allocated_bytes, interleaved_time_ms, peak_bytes, print_table, profile_table, write_rows
+from kernels.benchmark import (
+    allocated_bytes,
+    interleaved_time_ms,
+    matmul_load,
+    peak_bytes,
+    print_table,
+    profile_table,
+    write_rows,
+)
 from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
 from methods.fused_ce import BUDGET, FILTER_EPS
 
@@ -106,7 +115,8 @@ def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profil
         h.grad = w.grad = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=repeats).items():
+    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=repeats,
+                                                                 before_each=matmul_load(device)).items():
         rows[name].update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
     base = rows.get("torch_compile", {}).get("step_ms")
     for row in rows.values():

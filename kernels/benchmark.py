@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -17,16 +18,18 @@ from harness.provenance import cuda_state, git_state, host_state
 from harness.results import append_row
 
 
-def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> tuple[float, float, float]:
+def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10,
+            before_each=None) -> tuple[float, float, float]:
     """(median, p20, p80) milliseconds of fn(), after warm-up, each call bracketed by a synchronize."""
-    return interleaved_time_ms({"fn": fn}, device, warmup, repeats)["fn"]
+    return interleaved_time_ms({"fn": fn}, device, warmup, repeats, before_each)["fn"]
 
 
-def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3,
-                        repeats: int = 10) -> dict[str, tuple[float, float, float]]:
+def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeats: int = 10,
+                        before_each=None) -> dict[str, tuple[float, float, float]]:
     """(median, p20, p80) milliseconds of each fn() by name, timed in rounds that call every fn once (each call
     bracketed by a synchronize): a drift of the GPU's clock during the run (boost, heat) then weighs on every
-    variant alike instead of on whichever ran last."""
+    variant alike instead of on whichever ran last. before_each() runs (untimed) before every timed call: with
+    matmul_load, every call starts from the same clock instead of from its predecessor's."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
@@ -34,6 +37,8 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3,
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if before_each is not None:
+                before_each()
             sync()
             start = time.perf_counter()
             fn()
@@ -44,6 +49,26 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3,
         quantile = statistics.quantiles(values, n=5) if len(values) > 1 else [values[0]] * 4
         summary[name] = statistics.median(values), quantile[0], quantile[-1]
     return summary
+
+
+def matmul_load(device: torch.device, ms: float = 40.0, size: int = 8192):
+    """A callable that keeps the GPU busy with bf16 matmuls (size², out= one kept buffer) for about `ms`, as a
+    model's layers do before its LM head or optimizer step; None off CUDA. Its GPU's power-limited clock depends
+    on what ran just before: on an H200, torch.compile's CE step at LLaMA-3 shapes took 34.5 ms after 500 ms idle,
+    36.0 after cut-cross-entropy's step, 38.5 after its own and 40.2 after 40 ms of matmuls (sm clock at the start
+    1980, 1665, 1580 and 1560 MHz). Timing every call after this load gives all variants the same start."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(a)
+    one = time_ms(lambda: torch.matmul(a, a, out=out), device, repeats=5)[0]
+    count = max(1, math.ceil(ms / one))
+
+    def load():
+        for _ in range(count):
+            torch.matmul(a, a, out=out)
+
+    return load
 
 
 def graph_time_ms(fn, device: torch.device, repeats: int = 10) -> float | None:

@@ -1,4 +1,5 @@
 """The kernel benchmarks' timing: warm-up first, then rounds that call every variant once."""
+import pytest
 import torch
 
 from kernels.benchmark import interleaved_time_ms
@@ -11,6 +12,28 @@ def test_interleaved_rounds_call_every_variant_once_per_round():
     assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
     assert set(times) == {"a", "b"}
     assert all(p20 <= median <= p80 for median, p20, p80 in times.values())
+
+
+def test_the_load_runs_before_every_timed_call_and_not_in_warm_up():
+    calls = []
+    interleaved_time_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"),
+                        warmup=1, repeats=2, before_each=lambda: calls.append("load"))
+    assert calls == ["a", "b"] + ["load", "a", "load", "b"] * 2
+
+
+def test_matmul_load_is_for_gpus_only():
+    from kernels.benchmark import matmul_load
+
+    assert matmul_load(torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_matmul_load_lasts_about_what_it_was_asked():
+    from kernels.benchmark import matmul_load, time_ms
+
+    load = matmul_load(torch.device("cuda"), ms=20.0)
+    assert 15.0 <= time_ms(load, torch.device("cuda"), repeats=5)[0] <= 30.0
 
 
 def test_kernel_timeline_counts_the_idle_time_between_kernels():
