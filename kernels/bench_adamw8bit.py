@@ -2,8 +2,8 @@
 AdamW (moments in the parameter dtype), our 8-bit AdamW (Triton kernel), and the reference 8-bit optimizers where installed
 (bitsandbytes AdamW8bit, torchao AdamW8bit). Reports step time (median of repeats, ratio to torch fused, all in one
 run; torch's, ours and the references timed in interleaved rounds, so that a drift of the GPU's clock weighs on all
-alike, each step after ~40 ms of matmuls as after a backward pass: benchmark.matmul_load) and optimizer-state bytes
-per parameter (storages, subclasses through their inner tensors).
+alike, each step after --load-ms of matmuls as after a backward pass: benchmark.matmul_load; 0: none) and
+optimizer-state bytes per parameter (storages, subclasses through their inner tensors).
 
     python -m kernels.bench_adamw8bit [--model llama_1b] [--dtype bf16] [--repeats 20]
 """
@@ -61,6 +61,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--load-ms", type=float, default=150.0,
+                        help="ms of bf16 matmuls before every timed call (benchmark.matmul_load); 0: none")
     parser.add_argument("--profile", nargs="+", metavar="VARIANT",
                         help="print these variants' per-kernel time tables instead of benchmarking")
     args = parser.parse_args(argv)
@@ -75,10 +77,11 @@ def main(argv=None) -> None:
                 ("_k8" if options.get("key_bits") else "") + ("" if options.get("stream", True) else "_l1")
             variants[name] = partial(AdamW8bit, lr=1e-4, kernel_options=options)
     rows, steps = [], {}  # torch's, ours and the references: timed in interleaved rounds, alive together
-    load = matmul_load(device)
+    load = matmul_load(device, args.load_ms)
     for name, factory in variants.items():
         row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,
-               "shape": f"{len(shapes)} tensors, {n_params} params", "n_params": n_params}
+               "shape": f"{len(shapes)} tensors, {n_params} params", "n_params": n_params,
+               "load_ms": args.load_ms}
         rows.append(row)
         if isinstance(factory, str):
             row.update(status="skipped", error=factory)
@@ -119,7 +122,7 @@ def main(argv=None) -> None:
         if "step_ms" in r:
             r["ratio_to_torch_fused"] = r["step_ms"] / base
     path = write_rows("adamw8bit", rows, device)
-    print_table(rows, ["variant", "status", "step_ms", "ratio_to_torch_fused", "state_bytes_per_param"])
+    print_table(rows, ["variant", "load_ms", "status", "step_ms", "ratio_to_torch_fused", "state_bytes_per_param"])
     print(f"rows: {path}")
 
 

@@ -5,8 +5,9 @@ Memory beyond the inputs is torch.cuda.max_memory_allocated during forward + bac
 before; the lower bound is the two gradients, (N + V) · D · 2 bytes. What a variant's first call leaves allocated
 for good (workspaces, caches: eager's 64 MiB at vocab 128256 on an H200) is reported beside it
 (kept_after_first_call), not in the peak. Time is the median of repeats (synchronized), timed in rounds that run
-every variant once (a drift of the GPU's clock weighs on all alike), each call after ~40 ms of bf16 matmuls
-(benchmark.matmul_load: as a model's layers precede its head; every variant starts from the same clock).
+every variant once (a drift of the GPU's clock weighs on all alike), each call after --load-ms of bf16 matmuls
+(benchmark.matmul_load: as a model's layers precede its head, so that every variant starts from the loaded,
+power-capped clock instead of its predecessor's; 0: none, each call follows the one before).
 Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
 
     python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
@@ -79,12 +80,13 @@ def inputs(n, d, v, dtype, device, input_scale):
     return h, w, y
 
 
-def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profile=()) -> list[dict]:
+def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profile=(), load_ms=150.0) -> list[dict]:
     """One row per variant at one shape, all on the same inputs: each variant's peak memory alone, then the times
     in interleaved rounds (interleaved_time_ms). profile: print these variants' kernel tables instead."""
     h, w, y = inputs(n, d, v, dtype, device, input_scale)
     shape = {"kernel": "fused_linear_ce", "shape": f"{n}x{d}x{v}", "tokens": n, "hidden": d, "vocab": v,
-             "dtype": str(dtype).removeprefix("torch."), "bound_bytes": (n + v) * d * 2, "input_scale": input_scale}
+             "dtype": str(dtype).removeprefix("torch."), "bound_bytes": (n + v) * d * 2, "input_scale": input_scale,
+             "load_ms": load_ms}
     rows, steps = {}, {}
     for name, fn in fns.items():
         rows[name] = row = {**shape, "variant": name}
@@ -116,7 +118,7 @@ def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profil
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=repeats,
-                                                                 before_each=matmul_load(device)).items():
+                                                                 before_each=matmul_load(device, load_ms)).items():
         rows[name].update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
     base = rows.get("torch_compile", {}).get("step_ms")
     for row in rows.values():
@@ -136,6 +138,8 @@ def main(argv=None) -> None:
     # 0.05 gives logits of std 0.16 at hidden 4096 (nearly uniform: gradient filters skip almost every block);
     # 0.22 gives std ~3, peaked like a trained head's, where they skip far less
     parser.add_argument("--input-scale", type=float, default=0.05, help="std of the random hidden states and weight")
+    parser.add_argument("--load-ms", type=float, default=150.0,
+                        help="ms of bf16 matmuls before every timed call (benchmark.matmul_load); 0: none")
     parser.add_argument("--profile", nargs="+", metavar="VARIANT",
                         help="print these variants' per-kernel time tables instead of benchmarking")
     args = parser.parse_args(argv)
@@ -143,11 +147,11 @@ def main(argv=None) -> None:
     rows = []
     for vocab in args.vocab:
         rows += measure(variants(device), args.tokens, args.hidden, vocab, dtype, device, args.repeats,
-                        args.input_scale, args.profile or ())
+                        args.input_scale, args.profile or (), args.load_ms)
     if args.profile:
         return
     path = write_rows("fused_linear_ce", rows, device)
-    print_table(rows, ["vocab", "input_scale", "variant", "status", "step_ms", "time_over_compile",
+    print_table(rows, ["vocab", "input_scale", "load_ms", "variant", "status", "step_ms", "time_over_compile",
                        "peak_beyond_inputs", "bound_bytes", "peak_over_bound", "kept_after_first_call"])
     print(f"rows: {path}")
 

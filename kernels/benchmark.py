@@ -51,13 +51,15 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeat
     return summary
 
 
-def matmul_load(device: torch.device, ms: float = 40.0, size: int = 8192):
+def matmul_load(device: torch.device, ms: float = 150.0, size: int = 8192):
     """A callable that keeps the GPU busy with bf16 matmuls (size², out= one kept buffer) for about `ms`, as a
-    model's layers do before its LM head or optimizer step; None off CUDA. Its GPU's power-limited clock depends
-    on what ran just before: on an H200, torch.compile's CE step at LLaMA-3 shapes took 34.5 ms after 500 ms idle,
-    36.0 after cut-cross-entropy's step, 38.5 after its own and 40.2 after 40 ms of matmuls (sm clock at the start
-    1980, 1665, 1580 and 1560 MHz). Timing every call after this load gives all variants the same start."""
-    if device.type != "cuda":
+    model's layers do before its LM head or optimizer step; None off CUDA or for ms = 0. A power-capped GPU's clock
+    follows its recent power draw: on an H200, torch.compile's CE step at LLaMA-3 shapes took 34.5 ms after 500 ms
+    idle, 36.0 after cut-cross-entropy's step, 38.5 after its own and 40.2 after 40 ms of matmuls (sm clock at the
+    start 1980, 1665, 1580 and 1560 MHz). After 40 ms of load the start clock still ranged 1230–1815 MHz by what
+    ran before it, after 150 ms 1410–1605 and after 400 ms 1455–1500: timed after this load, every variant starts
+    near the loaded clock whatever ran before it."""
+    if device.type != "cuda" or not ms:
         return None
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     out = torch.empty_like(a)
