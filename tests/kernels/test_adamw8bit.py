@@ -30,7 +30,7 @@ def nearest(y_ptr, out_ptr, mid_ptr, guess_ptr, n, B: tl.constexpr, BY_TABLE: tl
     mask = offs < n
     y = tl.load(y_ptr + offs, mask=mask, other=0.0)
     if BY_TABLE:
-        tl.store(out_ptr + offs, _nearest_code_table(y, guess_ptr, mid_ptr, KEY_BITS), mask=mask)
+        tl.store(out_ptr + offs, _nearest_code_table(y, guess_ptr, KEY_BITS), mask=mask)
     else:
         tl.store(out_ptr + offs, _nearest_code(y, mid_ptr), mask=mask)
 
