@@ -24,10 +24,14 @@ def test_each_failure_becomes_a_row_and_the_sweep_continues(results_dir, launche
 
 @pytest.mark.parametrize("launcher", ["fork", "spawn"])
 def test_timeout_kills_the_job_and_leaves_a_timeout_row(results_dir, launcher):
-    proc = run_cli(["run.inject_fault=hang", "run.timeout_s=4", f"run.launcher={launcher}", *FAST], results_dir)
+    # the clock runs from the job's start: a fresh interpreter (spawn) first imports torch and transformers, which
+    # took over 4 s on a busy CPU host (its last log line was an import warning, not "loaded")
+    timeout_s = {"fork": 4, "spawn": 15}[launcher]
+    proc = run_cli(["run.inject_fault=hang", f"run.timeout_s={timeout_s}", f"run.launcher={launcher}", *FAST],
+                   results_dir)
     assert proc.returncode == 0
     (row,) = rows_of(results_dir)
-    assert row["status"] == "timeout" and "run.timeout_s=4" in row["error"]
+    assert row["status"] == "timeout" and f"run.timeout_s={timeout_s}" in row["error"]
     assert "last log line: loaded" in row["error"]  # where it hung: after loading, before the first step
 
 
