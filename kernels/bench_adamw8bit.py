@@ -17,7 +17,15 @@ import yaml
 
 from harness import CONF_DIR
 from harness.probes import optimizer_state_tensors, storage_bytes
-from kernels.benchmark import interleaved_time_ms, matmul_load, print_table, profile_table, time_ms, write_rows
+from kernels.benchmark import (
+    interleaved_time_ms,
+    matmul_load,
+    print_table,
+    profile_table,
+    step_fields,
+    time_ms,
+    write_rows,
+)
 from methods.adamw8bit import AdamW8bit
 
 
@@ -100,9 +108,8 @@ def main(argv=None) -> None:
             state = storage_bytes(optimizer_state_tensors(optimizer))
             row.update(optimizer_state=state, state_bytes_per_param=state / n_params)
             if name.startswith("ours_kernel_"):  # the grid, one option set at a time: all alive would not fit
-                median, p20, p80 = time_ms(optimizer.step, device, warmup=2, repeats=args.repeats,
-                                             before_each=load)
-                row.update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
+                row.update(step_fields(time_ms(optimizer.step, device, warmup=2, repeats=args.repeats,
+                                               before_each=load)))
                 del optimizer
             else:
                 steps[name] = optimizer.step
@@ -112,9 +119,8 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     by_name = {r["variant"]: r for r in rows}
-    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=args.repeats,
-                                                             before_each=load).items():
-        by_name[name].update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
+    for name, timing in interleaved_time_ms(steps, device, warmup=2, repeats=args.repeats, before_each=load).items():
+        by_name[name].update(step_fields(timing))
     if args.profile:
         return
     base = next(r["step_ms"] for r in rows if r["variant"] == "torch_adamw_fused")

@@ -27,6 +27,7 @@ from kernels.benchmark import (
     peak_bytes,
     print_table,
     profile_table,
+    step_fields,
     write_rows,
 )
 from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
@@ -117,9 +118,9 @@ def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profil
         h.grad = w.grad = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for name, (median, p20, p80) in interleaved_time_ms(steps, device, warmup=2, repeats=repeats,
-                                                                 before_each=matmul_load(device, load_ms)).items():
-        rows[name].update(step_ms=median, step_ms_p20=p20, step_ms_p80=p80)
+    load = matmul_load(device, load_ms)
+    for name, timing in interleaved_time_ms(steps, device, warmup=2, repeats=repeats, before_each=load).items():
+        rows[name].update(step_fields(timing))
     base = rows.get("torch_compile", {}).get("step_ms")
     for row in rows.values():
         if base and "step_ms" in row:

@@ -51,6 +51,11 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeat
     return summary
 
 
+def step_fields(timing: tuple[float, float, float]) -> dict:
+    """A result row's step_ms, step_ms_p20 and step_ms_p80 from a (median, p20, p80) timing."""
+    return dict(zip(("step_ms", "step_ms_p20", "step_ms_p80"), timing, strict=True))
+
+
 def matmul_load(device: torch.device, ms: float = 150.0, size: int = 8192):
     """A callable that keeps the GPU busy with bf16 matmuls (size², out= one kept buffer) for about `ms`, as a
     model's layers do before its LM head or optimizer step; None off CUDA or for ms = 0. A power-capped GPU's clock
