@@ -85,7 +85,7 @@ def main(argv=None) -> None:
                 ("_k8" if options.get("key_bits") else "") + ("" if options.get("stream", True) else "_l1")
             variants[name] = partial(AdamW8bit, lr=1e-4, kernel_options=options)
     rows, steps = [], {}  # torch's, ours and the references: timed in interleaved rounds, alive together
-    load = matmul_load(device, args.load_ms)
+    load = None if args.profile else matmul_load(device, args.load_ms)  # --profile times nothing
     for name, factory in variants.items():
         row = {"kernel": "adamw8bit", "variant": name, "model": args.model, "dtype": args.dtype,
                "shape": f"{len(shapes)} tensors, {n_params} params", "n_params": n_params,

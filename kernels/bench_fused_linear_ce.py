@@ -107,7 +107,7 @@ def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profil
             before = allocated_bytes(device)
             step()  # compilation and autotuning stay out of the peak
             h.grad = w.grad = None
-            if before is not None:  # what the first call left allocated: e.g. a side stream's cuBLAS workspace
+            if before is not None:  # what the first call left allocated for good: e.g. a cuBLAS workspace
                 row["kept_after_first_call"] = allocated_bytes(device) - before
             row["peak_beyond_inputs"] = peak = peak_bytes(step, device)
             if peak is not None:
@@ -118,7 +118,7 @@ def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profil
         h.grad = w.grad = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    load = matmul_load(device, load_ms)
+    load = matmul_load(device, load_ms) if steps else None  # nothing to time: --profile
     for name, timing in interleaved_time_ms(steps, device, warmup=2, repeats=repeats, before_each=load).items():
         rows[name].update(step_fields(timing))
     base = rows.get("torch_compile", {}).get("step_ms")
