@@ -35,10 +35,6 @@ import triton.language as tl
 from kernels import triton_interpreted
 from methods.quant import dynamic_map, midpoints
 
-# the closed-form decode's constants 5e-8 and 5e-9 (_decode) as fp32 pairs hi + lo
-SIGNED_C_HI, UNSIGNED_C_HI = (tl.constexpr(float(torch.tensor(c, dtype=torch.float32))) for c in (5e-8, 5e-9))
-SIGNED_C_LO, UNSIGNED_C_LO = tl.constexpr(5e-8 - SIGNED_C_HI.value), tl.constexpr(5e-9 - UNSIGNED_C_HI.value)
-
 # mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
 # the table, the fewer L1 lines one warp's lookups touch
 SIGNED_KEY_BITS, UNSIGNED_KEY_BITS = 6, 7
@@ -92,38 +88,6 @@ def _nearest_code(x, mid_ptr):
 
 
 @triton.jit
-def _decode(code, book_ptr, SIGNED: tl.constexpr, CLOSED: tl.constexpr):
-    """dynamic_map's value for code. CLOSED: no gather but its closed form. A code's magnitude rank p (1 the
-    smallest nonzero) lies in decade e = floor(log2 p), whose 2^e (signed; unsigned 2^(e-1)) cells split
-    (0.1, 1)·10^(e-6) (unsigned e-7) evenly; the cell's mean, the code, is (18p − 16·2^e + 9)·5^e·C, C = 5e-8
-    (unsigned 5e-9): an integer below 2^28 times a constant, one rounding in fp64, then to fp32 (exact for all 256
-    codes: tests). CLOSED = 2: fp32 only, by a two-float product."""
-    if CLOSED == 0:
-        return tl.load(book_ptr + code, eviction_policy="evict_last")
-    if SIGNED:
-        p = tl.abs(code - 127)
-    else:
-        p = code + 1
-    e = (p.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127
-    five_e = tl.where((e & 1) != 0, 5, 1) * tl.where((e & 2) != 0, 25, 1) * tl.where((e & 4) != 0, 625, 1)
-    cell = 18 * p - (16 << e) + 9
-    if CLOSED == 1:
-        magnitude = ((cell * five_e).to(tl.float64) * (5e-8 if SIGNED else 5e-9)).to(tl.float32)
-    else:  # 5^e·C as k_hi + k_lo (C = C_HI + C_LO, the products' errors by fma), then cell·(k_hi + k_lo)
-        c_hi: tl.constexpr = SIGNED_C_HI if SIGNED else UNSIGNED_C_HI
-        c_lo: tl.constexpr = SIGNED_C_LO if SIGNED else UNSIGNED_C_LO
-        five_f = five_e.to(tl.float32)
-        k_hi = five_f * c_hi
-        k_lo = tl.fma(five_f, c_hi, -k_hi) + five_f * c_lo
-        x = cell.to(tl.float32)
-        magnitude = tl.fma(x, k_hi, x * k_lo)
-    if SIGNED:
-        value = tl.where(code < 127, -magnitude, magnitude)
-        return tl.where(code == 127, 0.0, tl.where(code == 255, 1.0, value))
-    return tl.where(code == 0, 0.0, tl.where(code == 255, 1.0, magnitude))
-
-
-@triton.jit
 def _store_rounded(ptr, x, mask, ROUND_BY_BITS: tl.constexpr):
     """Store fp32 x rounded to nearest-even: by the GPU's own conversion, or (ROUND_BY_BITS: a bf16 target in the
     Triton interpreter, whose fp32 → bf16 cast truncates) by bit arithmetic."""
@@ -151,8 +115,7 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
                       beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_bias2_sqrt,
                       BLOCK: tl.constexpr, ROWS: tl.constexpr, ROUND_BY_BITS: tl.constexpr, BY_TABLE: tl.constexpr,
                       SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr,
-                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr, SINGLE: tl.constexpr,
-                      CLOSED: tl.constexpr):
+                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr, SINGLE: tl.constexpr):
     # this program's work: ROWS quantization blocks of one tensor. SINGLE: the only one, of `numel` values. Else the
     # tensor whose first program is the last one ≤ this one (a branchless binary search over the 2^LOG_TENSORS first
     # programs, padded), whose six storages start at the given element offsets from the first tensor's
@@ -184,8 +147,10 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     theta = tl.load(p_ptr + offs, mask=mask, other=0.0, cache_modifier=STREAM).to(tl.float32)
     m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0, cache_modifier=STREAM).to(tl.int32)
     v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0, cache_modifier=STREAM).to(tl.int32)
-    m = _decode(m_code, signed_ptr, True, CLOSED) * tl.load(m_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
-    v = _decode(v_code, unsigned_ptr, False, CLOSED) * tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    m = tl.load(signed_ptr + m_code, eviction_policy="evict_last") * \
+        tl.load(m_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    v = tl.load(unsigned_ptr + v_code, eviction_policy="evict_last") * \
+        tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
     theta = theta * decay - step_size * m / (tl.sqrt(v) * inv_bias2_sqrt + eps)
@@ -261,8 +226,7 @@ def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, 
 def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
                         beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
                         block: int = 256, rows: int = 1, num_warps: int = 1, nearest: str = "table",
-                        key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True,
-                        closed: int = 0) -> None:
+                        key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True) -> None:
     """In-place 8-bit AdamW step of many parameters, one launch per LAUNCH_TENSORS of a (dtypes, step count,
     alignment) group: launching once per tensor costs the host about the GPU's time for LLaMA-1b's 219 tensors.
     Each program updates `rows` quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa
@@ -292,7 +256,7 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
             BLOCK=block, ROWS=rows, ROUND_BY_BITS=dtype == torch.bfloat16 and interpreted,
             BY_TABLE=nearest == "table", SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1],
             STREAM=".cg" if stream else "", ALIGNED=aligned, LOG_TENSORS=log_tensors, SINGLE=n == 1,
-            CLOSED=closed, num_warps=num_warps)
+            num_warps=num_warps)
 
     groups: dict = {}
     for p, g, state, step in zip(params, grads, states, steps, strict=True):
