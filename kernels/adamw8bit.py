@@ -68,11 +68,23 @@ def guess_table(mid: torch.Tensor, key_bits: int) -> torch.Tensor:
 
 
 @triton.jit
-def _nearest_code_table(x, table_ptr, KEY_BITS: tl.constexpr):
+def _gather(ptrs, BY_ASM: tl.constexpr):
+    """One 32-bit value from each pointer, cached in L1 with priority to stay. BY_ASM: by an elementwise inline
+    ld.global instead of tl.load, so that the values come out in the layout of the pointers (the streaming loads'
+    8 contiguous values a thread): Triton 3.6 gives a gather a layout of its own, one value a thread, and converts
+    everything else to it and back through shared memory."""
+    if BY_ASM:
+        return tl.inline_asm_elementwise("ld.global.L1::evict_last.b32 $0, [$1];", "=r,l", [ptrs],
+                                         dtype=ptrs.dtype.element_ty, is_pure=True, pack=1)
+    return tl.load(ptrs, eviction_policy="evict_last")
+
+
+@triton.jit
+def _nearest_code_table(x, table_ptr, KEY_BITS: tl.constexpr, BY_ASM: tl.constexpr):
     """#{midpoints < x} by the packed table (guess_table): one gather, then x's low bits against the next
     midpoint's (the same bucket: for x < 0 a larger magnitude is the smaller float)."""
     bits = x.to(tl.uint32, bitcast=True)
-    entry = tl.load(table_ptr + (bits >> (23 - KEY_BITS)), eviction_policy="evict_last")
+    entry = _gather(table_ptr + (bits >> (23 - KEY_BITS)), BY_ASM)
     low = (bits & ((1 << (23 - KEY_BITS)) - 1)).to(tl.int32)
     next_low = entry >> 8
     passed = tl.where((bits >> 31) != 0, next_low > low, next_low < low)
@@ -118,7 +130,8 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
                       beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_bias2_sqrt,
                       BLOCK: tl.constexpr, ROWS: tl.constexpr, ROUND_BY_BITS: tl.constexpr, BY_TABLE: tl.constexpr,
                       SIGNED_BITS: tl.constexpr, UNSIGNED_BITS: tl.constexpr, STREAM: tl.constexpr,
-                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr, SINGLE: tl.constexpr):
+                      ALIGNED: tl.constexpr, LOG_TENSORS: tl.constexpr, SINGLE: tl.constexpr,
+                      GATHER_ASM: tl.constexpr):
     # this program's work: ROWS quantization blocks of one tensor. SINGLE: the only one, of `numel` values. Else the
     # tensor whose first program is the last one ≤ this one (a branchless binary search over the 2^LOG_TENSORS first
     # programs, padded), whose six storages start at the given element offsets from the first tensor's
@@ -150,9 +163,9 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     theta = tl.load(p_ptr + offs, mask=mask, other=0.0, cache_modifier=STREAM).to(tl.float32)
     m_code = tl.load(m_codes_ptr + offs, mask=mask, other=0, cache_modifier=STREAM).to(tl.int32)
     v_code = tl.load(v_codes_ptr + offs, mask=mask, other=0, cache_modifier=STREAM).to(tl.int32)
-    m = tl.load(signed_ptr + m_code, eviction_policy="evict_last") * \
+    m = _gather(signed_ptr + m_code, GATHER_ASM) * \
         tl.load(m_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
-    v = tl.load(unsigned_ptr + v_code, eviction_policy="evict_last") * \
+    v = _gather(unsigned_ptr + v_code, GATHER_ASM) * \
         tl.load(v_absmax_ptr + rows, mask=row_mask, other=0.0)[:, None]
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
@@ -168,8 +181,8 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     m_normalized = m * tl.math.div_rn(1.0, tl.maximum(m_absmax, 1.1754943508222875e-38))[:, None]
     v_normalized = v * tl.math.div_rn(1.0, tl.maximum(v_absmax, 1.1754943508222875e-38))[:, None]
     if BY_TABLE:
-        m_codes = _nearest_code_table(m_normalized, signed_guess_ptr, SIGNED_BITS)
-        v_codes = _nearest_code_table(v_normalized, unsigned_guess_ptr, UNSIGNED_BITS)
+        m_codes = _nearest_code_table(m_normalized, signed_guess_ptr, SIGNED_BITS, GATHER_ASM)
+        v_codes = _nearest_code_table(v_normalized, unsigned_guess_ptr, UNSIGNED_BITS, GATHER_ASM)
     else:
         m_codes = _nearest_code(m_normalized, signed_mid_ptr)
         v_codes = _nearest_code(v_normalized, unsigned_mid_ptr)
@@ -229,7 +242,8 @@ def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, 
 def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
                         beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
                         block: int = 256, rows: int = 1, num_warps: int = 1, nearest: str = "table",
-                        key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True) -> None:
+                        key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True,
+                        gather_asm: bool = True) -> None:
     """In-place 8-bit AdamW step of many parameters, one launch per LAUNCH_TENSORS of a (dtypes, step count,
     alignment) group: launching once per tensor costs the host about the GPU's time for LLaMA-1b's 219 tensors.
     Each program updates `rows` quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa
@@ -259,7 +273,7 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
             BLOCK=block, ROWS=rows, ROUND_BY_BITS=dtype == torch.bfloat16 and interpreted,
             BY_TABLE=nearest == "table", SIGNED_BITS=key_bits[0], UNSIGNED_BITS=key_bits[1],
             STREAM=".cg" if stream else "", ALIGNED=aligned, LOG_TENSORS=log_tensors, SINGLE=n == 1,
-            num_warps=num_warps)
+            GATHER_ASM=gather_asm and not interpreted, num_warps=num_warps)
 
     groups: dict = {}
     for p, g, state, step in zip(params, grads, states, steps, strict=True):
