@@ -247,8 +247,8 @@ def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], s
     """In-place 8-bit AdamW step of many parameters, one launch per LAUNCH_TENSORS of a (dtypes, step count,
     alignment) group: launching once per tensor costs the host about the GPU's time for LLaMA-1b's 219 tensors.
     Each program updates `rows` quantization blocks with `num_warps` warps; nearest: "table" (key_bits: mantissa
-    bits of its keys for m and v) or "binary"; stream: read θ, g and the codes past L1. bench_adamw8bit times a
-    grid of these."""
+    bits of its keys for m and v) or "binary"; stream: read θ, g and the codes past L1; gather_asm: the table
+    search's gathers by inline asm (_gather; tl.load under the interpreter). bench_adamw8bit times a grid of these."""
     if block & (block - 1):
         raise ValueError(f"the kernel needs a power-of-two block, got {block}")
     if nearest not in ("table", "binary"):
