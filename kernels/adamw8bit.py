@@ -1,6 +1,6 @@
 """Fused 8-bit AdamW step: dequantize m, v → AdamW update of θ → requantize m, v, in one pass.
 
-Each program takes ROWS quantization blocks of BLOCK values (one by default) of one tensor: it reads θ, g, the uint8
+Each program takes ROWS quantization blocks of BLOCK values (two by default) of one tensor: it reads θ, g, the uint8
 codes of m and v and their block absmax values, and writes θ, the new codes and absmax. m and v never exist in fp32
 outside registers, so the step moves 2·|θ| + |g| + 2 + 8/BLOCK bytes per parameter, against 2·|θ| + |g| + 4·|θ| for
 torch's fused AdamW (moments in the parameter dtype). Requantization finds the nearest code-book entry,
@@ -14,18 +14,17 @@ torch's fused AdamW (moments in the parameter dtype). Requantization finds the n
 One launch serves up to LAUNCH_TENSORS tensors: each program finds its tensor by a binary search over a small table
 of first programs, and its storages by offsets from the first tensor's (in 16-byte units where aligned, so the
 compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, methods/quant.py.
-H200, LLaMA-1b shapes (bench_adamw8bit, b76b088 and f722569, one run each): 7.744 and 7.591 ms against torch fused
-AdamW's 7.665 and 7.519 (1.010 ×); GPU time alone 7.29 vs 6.90 ms (1.056 ×, profiler). What got it there from
-8.17 ms (1.090 ×, one launch per tensor): per-block reciprocals instead of per-value divisions (−5 %), the direct
-key (no clamps or sign offset), the GPU's own bf16 rounding, and launching many tensors at once with the host's
-table cached. Slower on the same grid: 2 or 4 warps per block, 4+ blocks per program, the binary search (2.1 ×);
-8-bit keys and L1-cached streaming within noise. Slower before: the nearest code from the map's structure (27.8 ms,
-H100). The packed table (one gather, not two; 9c538e5) took the step from 1.142 to 1.111 × torch's after 150 ms
-of matmuls, and from 0.967 to 0.939 × without them (one run each): still bound by its per-value L1 work, which
-slows with the loaded clock more than torch's memory-bound step does. Slower: the code books' closed form instead of
-their gather (exact for all 256 codes: (18p − 16·2^e + 9)·5^e·C, p the magnitude's rank, e = ⌊log2 p⌋, C = 5e-8 or
-5e-9): 10.68 ms in fp64, 11.36 in fp32, against the gather's 9.76 and torch's 8.63 after the load (9a1c454, one
-interleaved run); ncu: then bound by the SM, 79 %.
+H200, LLaMA-1b shapes, each call after 150 ms of matmuls (bench_adamw8bit, two interleaved runs at c081875, one
+block a program): 7.914 and 7.692 ms against torch fused AdamW's 9.603 and 9.504 (0.82, 0.81 ×); 0.72 × without
+the load. Two blocks a program: 0.80 and 0.75 × in the same runs' grid, hence the default. What got it there, in
+turn: one launch for many tensors, per-block reciprocals instead of per-value divisions (−5 %), the direct key, the
+GPU's own bf16 rounding (1.090 → 1.010 × at full clock); the packed table (1.142 → 1.111 × under load); the gathers
+by inline asm (1.09–1.11 → 0.81–0.82 ×): ncu's per-instruction counters showed Triton 3.6 giving tl.load gathers a
+layout of one value a thread and converting θ, g, codes and results to it and back through shared memory (an
+offline sm_90 compile: 1008 SASS instructions a program, 824 without; Triton 3.9 does not do it). No faster in the
+grid: more warps or blocks a program (0.83–0.99 ×). Slower: the binary search (2.1 ×), the code books' closed form instead of their gather (exact for all
+256 codes, (18p − 16·2^e + 9)·5^e·C for magnitude rank p, e = ⌊log2 p⌋, C = 5e-8 or 5e-9; 1.24 × in fp64 and
+1.32 × in fp32 against the gather's 1.13 ×, SM-bound; 9a1c454), and the nearest code from the map's structure.
 """
 from __future__ import annotations
 
@@ -241,7 +240,7 @@ def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, 
 
 def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
                         beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
-                        block: int = 256, rows: int = 1, num_warps: int = 1, nearest: str = "table",
+                        block: int = 256, rows: int = 2, num_warps: int = 1, nearest: str = "table",
                         key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True,
                         gather_asm: bool = True) -> None:
     """In-place 8-bit AdamW step of many parameters, one launch per LAUNCH_TENSORS of a (dtypes, step count,

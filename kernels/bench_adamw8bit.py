@@ -40,9 +40,9 @@ def kernel_grid() -> list[dict]:
     """Blocks per program × warps, the table's key width (8 bits: one table line per half octave), streaming loads
     on/off (_l1: θ, g and codes cached in L1 beside the tables), the gathers by tl.load (_tlload: Triton's own
     layout for them, and conversions to it) and the binary search."""
-    shapes = [(1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (8, 4), (8, 8), (16, 8)]
+    shapes = [(1, 1), (1, 2), (2, 2), (4, 1), (4, 2), (4, 4), (8, 4), (8, 8), (16, 8)]
     grid = [{"nearest": "table", "rows": r, "num_warps": w} for r, w in shapes]
-    grid += [{"nearest": "table", "rows": 1, "num_warps": 1, **extra} for extra in
+    grid += [{"nearest": "table", "rows": 2, "num_warps": 1, **extra} for extra in
              ({"stream": False}, {"key_bits": (8, 8)}, {"key_bits": (8, 8), "stream": False},
               {"gather_asm": False})]
     return grid + [{"nearest": "binary", "rows": r, "num_warps": w} for r, w in ((1, 1), (4, 4))]
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     n_params = sum(torch.Size(s).numel() for s in shapes)
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
                 "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
-    if device.type == "cuda":  # the kernel's other options (default: table, 6/7 key bits, stream, 1 block, 1 warp)
+    if device.type == "cuda":  # the kernel's other options (default: table, 6/7 key bits, stream, 2 blocks, 1 warp)
         for options in kernel_grid():
             name = "ours_kernel_{nearest}_r{rows}_w{num_warps}".format(**options) + \
                 ("_k8" if options.get("key_bits") else "") + ("" if options.get("stream", True) else "_l1") + \
