@@ -14,17 +14,18 @@ torch's fused AdamW (moments in the parameter dtype). Requantization finds the n
 One launch serves up to LAUNCH_TENSORS tensors: each program finds its tensor by a binary search over a small table
 of first programs, and its storages by offsets from the first tensor's (in 16-byte units where aligned, so the
 compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, methods/quant.py.
-H200, LLaMA-1b shapes, each call after 150 ms of matmuls (bench_adamw8bit, two interleaved runs at c081875, one
-block a program): 7.914 and 7.692 ms against torch fused AdamW's 9.603 and 9.504 (0.82, 0.81 ×); 0.72 × without
-the load. Two blocks a program: 0.80 and 0.75 × in the same runs' grid, hence the default. What got it there, in
-turn: one launch for many tensors, per-block reciprocals instead of per-value divisions (−5 %), the direct key, the
-GPU's own bf16 rounding (1.090 → 1.010 × at full clock); the packed table (1.142 → 1.111 × under load); the gathers
-by inline asm (1.09–1.11 → 0.81–0.82 ×): ncu's per-instruction counters showed Triton 3.6 giving tl.load gathers a
-layout of one value a thread and converting θ, g, codes and results to it and back through shared memory (an
-offline sm_90 compile: 1008 SASS instructions a program, 824 without; Triton 3.9 does not do it). No faster in the
-grid: more warps or blocks a program (0.83–0.99 ×). Slower: the binary search (2.1 ×), the code books' closed form instead of their gather (exact for all
-256 codes, (18p − 16·2^e + 9)·5^e·C for magnitude rank p, e = ⌊log2 p⌋, C = 5e-8 or 5e-9; 1.24 × in fp64 and
-1.32 × in fp32 against the gather's 1.13 ×, SM-bound; 9a1c454), and the nearest code from the map's structure.
+H200, LLaMA-1b shapes, each call after 150 ms of matmuls (bench_adamw8bit, interleaved with torch's fused AdamW):
+0.82 and 0.81 × its time at c081875 (one block a program), 0.794 × at b3abe9b (two); 0.72 × without the load. Two
+blocks a program measured 0.80 and 0.75 × in the first two runs' grids and matched one block in the third, hence
+the default. What got it there, in turn: one launch for many tensors, per-block reciprocals instead of per-value
+divisions (−5 %), the direct key, the GPU's own bf16 rounding (1.090 → 1.010 × at full clock); the packed table
+(1.142 → 1.111 × under load); the gathers by inline asm (1.09–1.11 → 0.81–0.82 ×): ncu's per-instruction counters
+showed Triton 3.6 giving tl.load gathers a layout of one value a thread and converting θ, g, codes and results to
+it and back through shared memory (an offline sm_90 compile: 1008 SASS instructions a program, 824 without; Triton
+3.9 does not do it). No faster in the grid: more warps or blocks a program (0.83–0.99 ×). Slower: the binary
+search (2.1 ×), the code books' closed form instead of their gather (exact for all 256 codes, (18p − 16·2^e + 9)·
+5^e·C for magnitude rank p, e = ⌊log2 p⌋, C = 5e-8 or 5e-9; 1.24 × in fp64 and 1.32 × in fp32 against the gather's
+1.13 ×, SM-bound; 9a1c454), and the nearest code from the map's structure.
 """
 from __future__ import annotations
 
