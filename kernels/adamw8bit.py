@@ -10,7 +10,8 @@ torch's fused AdamW (moments in the parameter dtype). Requantization finds the n
           int32 entry packs #{midpoints below the bucket} (buckets narrower than the code book's spacing, so at most
           one midpoint lies inside one) and that next midpoint's low 23 − k bits: a shift, one gather and an integer
           comparison. (Two gathers before, the second from the midpoints: ncu on the H200, at its 1.5 GHz loaded
-          clock, found the kernel bound by L1 throughput, 94 %, with DRAM at 31 %.)
+          clock, found the kernel bound by L1 throughput, 94 %, with DRAM at 31 %: gathers and, it turned out, layout
+          conversions through shared memory; below.)
 One launch serves up to LAUNCH_TENSORS tensors: each program finds its tensor by a binary search over a small table
 of first programs, and its storages by offsets from the first tensor's (in 16-byte units where aligned, so the
 compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, methods/quant.py.
