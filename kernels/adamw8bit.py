@@ -43,6 +43,7 @@ from methods.quant import dynamic_map, midpoints
 # mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
 # the table, the fewer L1 lines one warp's lookups touch
 SIGNED_KEY_BITS, UNSIGNED_KEY_BITS = 6, 7
+ROWS, NUM_WARPS = 2, 1  # quantization blocks and warps a program by default (bench_adamw8bit's grid varies them)
 
 
 def guess_table(mid: torch.Tensor, key_bits: int) -> torch.Tensor:
@@ -243,7 +244,7 @@ def adamw8bit_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, 
 
 def adamw8bit_step_many(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], lr: float,
                         beta1: float, beta2: float, eps: float, weight_decay: float, steps: list[float],
-                        block: int = 256, rows: int = 2, num_warps: int = 1, nearest: str = "table",
+                        block: int = 256, rows: int = ROWS, num_warps: int = NUM_WARPS, nearest: str = "table",
                         key_bits: tuple[int, int] = (SIGNED_KEY_BITS, UNSIGNED_KEY_BITS), stream: bool = True,
                         gather_asm: bool = True) -> None:
     """In-place 8-bit AdamW step of many parameters, one launch per LAUNCH_TENSORS of a (dtypes, step count,

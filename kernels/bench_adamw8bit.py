@@ -17,6 +17,7 @@ import yaml
 
 from harness import CONF_DIR
 from harness.probes import optimizer_state_tensors, storage_bytes
+from kernels.adamw8bit import NUM_WARPS, ROWS
 from kernels.benchmark import (
     interleaved_time_ms,
     matmul_load,
@@ -42,7 +43,7 @@ def kernel_grid() -> list[dict]:
     layout for them, and conversions to it) and the binary search."""
     shapes = [(1, 1), (1, 2), (2, 2), (4, 1), (4, 2), (4, 4), (8, 4), (8, 8), (16, 8)]
     grid = [{"nearest": "table", "rows": r, "num_warps": w} for r, w in shapes]
-    grid += [{"nearest": "table", "rows": 2, "num_warps": 1, **extra} for extra in
+    grid += [{"nearest": "table", "rows": ROWS, "num_warps": NUM_WARPS, **extra} for extra in
              ({"stream": False}, {"key_bits": (8, 8)}, {"key_bits": (8, 8), "stream": False},
               {"gather_asm": False})]
     return grid + [{"nearest": "binary", "rows": r, "num_warps": w} for r, w in ((1, 1), (4, 4))]
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
     n_params = sum(torch.Size(s).numel() for s in shapes)
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),
                 "ours_adamw8bit": lambda ps: AdamW8bit(ps, lr=1e-4), **_reference_optimizers()}
-    if device.type == "cuda":  # the kernel's other options (default: table, 6/7 key bits, stream, 2 blocks, 1 warp)
+    if device.type == "cuda":  # the kernel's other options (default: table, 6/7 key bits, stream, ROWS, NUM_WARPS)
         for options in kernel_grid():
             name = "ours_kernel_{nearest}_r{rows}_w{num_warps}".format(**options) + \
                 ("_k8" if options.get("key_bits") else "") + ("" if options.get("stream", True) else "_l1") + \
