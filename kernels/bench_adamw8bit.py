@@ -3,7 +3,9 @@ AdamW (moments in the parameter dtype), our 8-bit AdamW (Triton kernel), and the
 (bitsandbytes AdamW8bit, torchao AdamW8bit). Reports step time (median of repeats, ratio to torch fused, all in one
 run; torch's, ours and the references timed in interleaved rounds, so that a drift of the GPU's clock weighs on all
 alike, each step after --load-ms of matmuls as after a backward pass: benchmark.matmul_load; 0: none) and
-optimizer-state bytes per parameter (storages, subclasses through their inner tensors).
+optimizer-state bytes per parameter (storages, subclasses through their inner tensors). The kernel's option grid
+(ours_kernel_*) is timed one variant at a time, each interleaved with torch's step: its ratio is to torch's time in
+those rounds (torch_step_ms_in_pair).
 
     python -m kernels.bench_adamw8bit [--model llama_1b] [--dtype bf16] [--repeats 20]
 """
@@ -24,7 +26,6 @@ from kernels.benchmark import (
     print_table,
     profile_table,
     step_fields,
-    time_ms,
     write_rows,
 )
 from methods.adamw8bit import AdamW8bit
@@ -40,8 +41,10 @@ def llama_shapes(model: str) -> list[tuple[int, ...]]:
 def kernel_grid() -> list[dict]:
     """Blocks per program × warps, the table's key width (8 bits: one table line per half octave), streaming loads
     on/off (_l1: θ, g and codes cached in L1 beside the tables), the gathers by tl.load (_tlload: Triton's own
-    layout for them, and conversions to it) and the binary search."""
-    shapes = [(1, 1), (1, 2), (2, 2), (4, 1), (4, 2), (4, 4), (8, 4), (8, 8), (16, 8)]
+    layout for them, and conversions to it) and the binary search. The default comes first, a control timed as the
+    grid is."""
+    shapes = [(ROWS, NUM_WARPS)] + [s for s in [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (8, 4), (8, 8),
+                                                (16, 8)] if s != (ROWS, NUM_WARPS)]
     grid = [{"nearest": "table", "rows": r, "num_warps": w} for r, w in shapes]
     grid += [{"nearest": "table", "rows": ROWS, "num_warps": NUM_WARPS, **extra} for extra in
              ({"stream": False}, {"key_bits": (8, 8)}, {"key_bits": (8, 8), "stream": False},
@@ -111,9 +114,12 @@ def main(argv=None) -> None:
             optimizer.step()  # the state exists from the first step on
             state = storage_bytes(optimizer_state_tensors(optimizer))
             row.update(optimizer_state=state, state_bytes_per_param=state / n_params)
-            if name.startswith("ours_kernel_"):  # the grid, one option set at a time: all alive would not fit
-                row.update(step_fields(time_ms(optimizer.step, device, warmup=2, repeats=args.repeats,
-                                               before_each=load)))
+            if name.startswith("ours_kernel_"):  # the grid, one option set at a time (all alive would not fit),
+                # each interleaved with torch's step: its ratio is to torch's time in the same rounds
+                pair = interleaved_time_ms({"torch": steps["torch_adamw_fused"], name: optimizer.step}, device,
+                                           warmup=2, repeats=args.repeats, before_each=load)
+                row.update(step_fields(pair[name]), torch_step_ms_in_pair=pair["torch"][0],
+                           ratio_to_torch_fused=pair[name][0] / pair["torch"][0])
                 del optimizer
             else:
                 steps[name] = optimizer.step
@@ -130,7 +136,7 @@ def main(argv=None) -> None:
     base = next(r["step_ms"] for r in rows if r["variant"] == "torch_adamw_fused")
     for r in rows:
         if "step_ms" in r:
-            r["ratio_to_torch_fused"] = r["step_ms"] / base
+            r.setdefault("ratio_to_torch_fused", r["step_ms"] / base)
     path = write_rows("adamw8bit", rows, device)
     print_table(rows, ["variant", "load_ms", "status", "step_ms", "ratio_to_torch_fused", "state_bytes_per_param"])
     print(f"rows: {path}")
