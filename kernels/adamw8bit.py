@@ -16,9 +16,9 @@ One launch serves up to LAUNCH_TENSORS tensors: each program finds its tensor by
 of first programs, and its storages by offsets from the first tensor's (in 16-byte units where aligned, so the
 compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, methods/quant.py.
 H200, LLaMA-1b shapes, each call after 150 ms of matmuls (bench_adamw8bit, interleaved with torch's fused AdamW):
-0.82 and 0.81 × its time at c081875 (one block a program), 0.794 × at b3abe9b (two); 0.91 × after 400 ms (fdd0423);
-0.72 × without a load. One and two blocks a program are not told apart: in each of the four runs the grid's variant
-(timed on its own, not interleaved) came out at or below the interleaved default, whichever it was. What got it
+0.82 and 0.81 × its time at c081875 (one block a program), 0.794 and 0.788 × at b3abe9b and 653f89b (two); 0.91 ×
+after 400 ms (fdd0423); 0.72 × without a load. Two blocks a program against one: 0.802 against 0.841 × in the grid
+at 653f89b, each variant interleaved with torch's step (the grids before timed variants alone). What got it
 there, in turn: one launch for many tensors, per-block reciprocals instead of per-value
 divisions (−5 %), the direct key, the GPU's own bf16 rounding (1.090 → 1.010 × at full clock); the packed table
 (1.142 → 1.111 × under load); the gathers by inline asm (1.09–1.11 → 0.81–0.82 ×): ncu's per-instruction counters
