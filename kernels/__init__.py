@@ -3,6 +3,8 @@ tests/kernels/test_<k>.py (plain-PyTorch reference, odd shapes, per-dtype tolera
 TRITON_INTERPRET=1), kernels/bench_<k>.py (benchmark writing result rows)."""
 import os
 
+import torch
+
 
 def triton_interpreted() -> bool:
     """Whether Triton kernels run in its interpreter (TRITON_INTERPRET=1), not compiled."""
@@ -12,3 +14,9 @@ def triton_interpreted() -> bool:
 def triton_runs_on(x) -> bool:
     """Whether a Triton kernel can take tensor x: on CUDA, or anywhere under the interpreter (TRITON_INTERPRET=1)."""
     return x.is_cuda or triton_interpreted()
+
+
+def to_device_async(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on `device`, queued without waiting: through pinned memory on CUDA, since a copy from
+    pageable memory first waits for the work queued before it (a backward pass)."""
+    return torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").to(device, non_blocking=True)

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import triton_interpreted
+from kernels import to_device_async, triton_interpreted
 from methods.quant import dynamic_map, midpoints
 
 # mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
@@ -230,9 +230,8 @@ def _work_table(members: list, aligned: bool, block: int, rows: int, device: tor
         first_program = [0, *accumulate(programs[:-1])] + [2**62] * (2**log_tensors - len(members))
         while len(_WORK_TABLES) >= 64:
             _WORK_TABLES.pop(next(iter(_WORK_TABLES)))
-        # pinned, so the copy does not wait for the work queued before it (the backward pass)
-        table = torch.tensor(offsets + numels + first_program, dtype=torch.int64, pin_memory=device.type == "cuda")
-        _WORK_TABLES[key] = table.to(device, non_blocking=True), sum(programs), log_tensors
+        _WORK_TABLES[key] = (to_device_async(offsets + numels + first_program, torch.int64, device), sum(programs),
+                             log_tensors)
     return _WORK_TABLES[key]
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.schema import ConfigError
+from kernels import to_device_async
 from methods.adamw import AdamHyperparameters
 
 BATCH_BYTES = 128 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
@@ -64,9 +65,8 @@ def fused_adamw(params: list[torch.Tensor], grads: list[torch.Tensor], states: l
         groups.setdefault((p.device, p.dtype), []).append(i)
     for (device, _), members in groups.items():
         counts = [float(states[i]["step"]) for i in members]
-        # unequal counts through pinned memory: a copy from pageable memory would first wait for the device
         steps = (torch.full((len(counts),), counts[0], device=device) if len(set(counts)) == 1
-                 else torch.tensor(counts, pin_memory=device.type == "cuda").to(device, non_blocking=True))
+                 else to_device_async(counts, torch.float32, device))
         torch._fused_adamw_([params[i] for i in members], [grads[i] for i in members],
                             [states[i]["exp_avg"] for i in members], [states[i]["exp_avg_sq"] for i in members], [],
                             list(steps.unbind()), lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay,

@@ -148,3 +148,22 @@ def test_a_step_takes_its_matrices_in_batches_of_bounded_temporaries(module, mon
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert temporaries[0] < 0.4 * temporaries[1]
+
+
+def test_growth_ratio_one_matrix_agrees_with_the_foreach_form():
+    """The layer-wise loop's growth_ratio and the all-matrices growth_ratios give the same multipliers and record
+    the same limited norms: first step (no previous norm), growth past γ, shrinking, and after a zero update."""
+    norms = [[torch.tensor(2.0), torch.tensor(1.0), torch.tensor(0.0)],
+             [torch.tensor(3.0), torch.tensor(0.5), torch.tensor(1.0)],
+             [torch.tensor(1.0), torch.tensor(0.6), torch.tensor(0.0)]]
+    one, many, seen = [{}, {}, {}], [{}, {}, {}], []
+    for step in norms:
+        ratios = apollo.growth_ratios(step, many, "prev", 1.01, scale=0.5)
+        for norm, state, ratio in zip(step, one, ratios, strict=True):
+            assert torch.equal(apollo.growth_ratio(norm, state, "prev", 1.01, scale=0.5), ratio)
+        for a, b in zip(one, many, strict=True):
+            assert torch.equal(a["prev"], b["prev"])
+        seen.append([float(r) for r in ratios])
+    assert seen[0] == [0.5, 0.5, 0.5]  # no previous norm: only the scale
+    assert seen[1][0] == pytest.approx(0.5 * 2.0 * 1.01 / 3.0) and seen[1][1] == 0.5  # limited; shrinking
+    assert seen[1][2] == 0.0  # after a zero update the rule's limit is γ · 0 (apollo-torch's, γ · 1e-8)
