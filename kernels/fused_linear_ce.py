@@ -25,8 +25,8 @@ dropped value is below filter_eps / n_valid).
 Tried and dropped: pass 1 of the next row tile on a side CUDA stream during this one's pass 2, to fill pass 2's
 launch gaps (~3 ms of idle GPU a memory-mode step): the two streams' matmuls slowed each other, 59.5 against 53.9 ms
 at LLaMA-3 shapes on an H200 (45.1 against 16.4 at vocab 32000; stop 16's rows in results/h200/kernels). The row
-kernels in a Triton GEMM's epilogue: that GEMM (TMA loads, not persistent) ran 1.12 × cuBLAS's z with the statistics
-and 1.16 × with the gradient, no better than cuBLAS plus the separate kernel (README).
+kernels in a Triton GEMM's epilogue: that GEMM (TMA loads, persistent: 1.015 × cuBLAS's z plain) ran 1.13 × with the
+statistics and 1.10 × with the gradient, no better than cuBLAS plus the separate kernel (README).
 """
 from __future__ import annotations
 
