@@ -11,6 +11,9 @@ as the unfused graph has them; every reduction below is in fp32), into one reuse
               dz = (softmax(z) − (1 − ε) onehot(y) − ε / V) / n_valid,
           then dH_R += dz W_C and dW_C += dzᵀ h_R (accumulated in the gradients' own storage: no fp32 copies).
 When a tile holds whole rows (C = V) pass 2 reuses pass 1's logits: three matmuls, like the unfused graph.
+Not recomputed either: slices whose logits can wait in gradient storage that is not yet written (logit_homes) —
+for the first row tile, dW's own storage, which pass 2 fills from its last rows down (at LLaMA-3 shapes every
+slice of it: a quarter of the fourth matmul saved), and dH's rows of the later row tiles.
 The gradients are produced in the forward pass and scaled by the incoming gradient in backward (the loss is
 terminal). Memory beyond the two gradients: the R × C tile plus four floats per row. Nothing in the forward waits
 on the GPU (n_valid and the loss stay device tensors), so the host queues the next tiles while the GPU works.
@@ -177,6 +180,27 @@ def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, i
     return rows, min(vocab, cols)
 
 
+def logit_homes(bounds: list[tuple[int, int]], rows: int, hidden_dim: int, dw_storage: torch.Tensor | None,
+                dh_spare: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """Where a row tile's logits of each vocabulary slice (slice_bounds) can wait from pass 1 to pass 2, instead of
+    being recomputed there, in gradient storage not yet written: flat views, by slice.
+    dw_storage (all of dW, flat; only before the first row tile's pass 2): that pass writes dW's rows c0..c1
+    (elements D·c0 .. D·c1) from slice k = [c0, c1) in descending k, so slice k's logits kept at elements R·c0 .. R·c1
+    are read before any write reaches them when R·c1 ≤ D·c0: dW_k's own write starts after them, and those of the
+    slices above start at D·c0' ≥ D·c1 > R·c1.
+    dh_spare (flat): dH's rows after this row tile, first written by later row tiles; filled first fit.
+    The slices without a home share the tile buffer and are recomputed in pass 2."""
+    homes, used = {}, 0
+    for k, (c0, c1) in enumerate(bounds):
+        size = rows * (c1 - c0)
+        if dw_storage is not None and rows * c1 <= hidden_dim * c0:
+            homes[k] = dw_storage[rows * c0:rows * c1]
+        elif dh_spare is not None and used + size <= dh_spare.numel():
+            homes[k] = dh_spare[used:used + size]
+            used += size
+    return homes
+
+
 def kept_slices(tile_max: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, filter_eps: float) -> list[bool]:
     """Per vocabulary slice of a row tile: does any valid row hold a softmax value ≥ filter_eps there
     (max logit − lse ≥ log filter_eps)? tile_max: slices × rows. One host synchronization per row tile."""
@@ -222,20 +246,29 @@ class _FusedLinearCE(torch.autograd.Function):
             h, y, row_stats = hidden[r0:r0 + rows], targets[r0:r0 + rows], stats[:, r0:r0 + rows]
             tile_max = torch.empty(len(bounds), h.shape[0], dtype=acc, device=hidden.device) \
                 if filtering else [None] * len(bounds)
-            for k, (c0, c1) in enumerate(bounds):  # pass 1; the last slice's logits stay in the tile
-                z = torch.matmul(h, weight[c0:c1].T, out=tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0))
-                tile_stats(z, y, row_stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
+            # exact gradients: slices whose logits wait in unwritten gradient storage are not recomputed
+            spare = grad_hidden[r0 + rows:].view(-1) if need_grad and not filtering and r0 + rows < n_tokens \
+                else None
+            dw_storage = grad_weight.view(-1) if need_grad and not filtering and r0 == 0 \
+                and grad_weight.is_contiguous() else None
+            homes = logit_homes(bounds, h.shape[0], hidden.shape[1], dw_storage, spare) if len(bounds) > 1 else {}
+            logits = [homes.get(k, tile).narrow(0, 0, h.shape[0] * (c1 - c0)).view(h.shape[0], c1 - c0)
+                      for k, (c0, c1) in enumerate(bounds)]
+            for k, (c0, c1) in enumerate(bounds):  # pass 1
+                torch.matmul(h, weight[c0:c1].T, out=logits[k])
+                tile_stats(logits[k], y, row_stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
             if not need_grad:
                 continue
             keep = kept_slices(tile_max, log_sum_exp(row_stats), y != ignore_index, filter_eps) if filtering \
                 else [True] * len(bounds)
-            for k in reversed(range(len(bounds))):  # from the slice whose logits pass 1 left in the tile
+            # the last slice pass 1 left in the tile is not recomputed either
+            in_tile = max((k for k in range(len(bounds)) if k not in homes), default=None)
+            for k in reversed(range(len(bounds))):
                 if not keep[k]:
                     continue
                 c0, c1 = bounds[k]
-                w = weight[c0:c1]
-                z = tile[:h.shape[0] * (c1 - c0)].view(h.shape[0], c1 - c0)
-                if k != len(bounds) - 1:
+                w, z = weight[c0:c1], logits[k]
+                if k not in homes and k != in_tile:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
                 dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c1]

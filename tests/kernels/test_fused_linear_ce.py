@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import fused_linear_ce as module
 from kernels.fused_linear_ce import COLS_ALIGN, SMALL_COLS_ALIGN, fused_linear_cross_entropy, tile_shape
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,8 +76,6 @@ def test_tile_budget(vocab, budget, whole_rows, align):
 def test_plain_torch_path_matches_the_kernels(dtype, monkeypatch):
     """CPU jobs without the interpreter take the plain-torch tile computations: same numbers (both in fp32 inside,
     also for a float64 model, whose statistics are float64)."""
-    from kernels import fused_linear_ce as module
-
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(7, 45, generator=gen, dtype=dtype)
     y = torch.tensor([1, -100, 44, 60, 3, -100, 9])  # 60 lies outside this tile (columns 20..64)
@@ -180,3 +179,30 @@ def test_vocab_slices_put_the_short_remainder_first(vocab, cols, starts):
     from kernels.fused_linear_ce import vocab_slices
 
     assert vocab_slices(vocab, cols) == starts
+
+
+@pytest.mark.parametrize("rows,hidden_dim,vocab,cols,n_after", [(8, 24, 101, 32, 29), (2048, 4096, 128256, 4096, 6144),
+                                                                (2048, 4096, 256000, 8192, 0), (50, 8, 130, 40, 0),
+                                                                (3, 5, 64, 7, 4)])
+def test_logit_homes_survive_until_pass_2_reads_them(rows, hidden_dim, vocab, cols, n_after):
+    """Pass 1 stores each homed slice's logits; pass 2 then goes down the slices, reading slice k's logits and
+    writing dW's rows c0..c1 (into the same storage): every home must still hold its slice when read, and homes
+    must not overlap. Also: at LLaMA-3 shapes every slice of the first row tile has a home."""
+    bounds = module.slice_bounds(vocab, cols)
+    dw = torch.full((vocab * hidden_dim,), -1.0, dtype=torch.float64)
+    dh = torch.full((n_after * hidden_dim,), -1.0, dtype=torch.float64)
+    homes = module.logit_homes(bounds, rows, hidden_dim, dw, dh if n_after else None)
+    for k, home in homes.items():
+        assert home.numel() == rows * (bounds[k][1] - bounds[k][0])
+        assert (home == -1.0).all()  # no overlap with an earlier home
+        home.fill_(k)
+    for k in reversed(range(len(bounds))):
+        c0, c1 = bounds[k]
+        if k in homes:
+            assert (homes[k] == k).all()
+            if homes[k].untyped_storage().data_ptr() == dw.untyped_storage().data_ptr():  # not dW_k's own rows
+                start = homes[k].storage_offset()
+                assert start + homes[k].numel() <= hidden_dim * c0 or start >= hidden_dim * c1
+        dw[hidden_dim * c0:hidden_dim * c1] = -2.0  # dW_k written
+    if (vocab, cols) == (128256, 4096):
+        assert len(homes) == len(bounds)
