@@ -20,7 +20,7 @@ on the GPU (n_valid and the loss stay device tensors), so the host queues the ne
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
-vocabulary, four matmuls), speed mode 27 % (whole rows, three matmuls). Optional gradient filtering (filter_eps,
+vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows, three matmuls). Optional gradient filtering (filter_eps,
 as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per vocabulary slice, and pass 2 skips
 a slice where softmax < filter_eps for every row of the tile — its logits are not recomputed and its two gradient
 matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely (an approximate gradient: each
