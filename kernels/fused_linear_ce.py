@@ -20,11 +20,11 @@ on the GPU (n_valid and the loss stay device tensors), so the host queues the ne
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
-vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows, three matmuls). Optional gradient filtering (filter_eps,
-as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per vocabulary slice, and pass 2 skips
-a slice where softmax < filter_eps for every row of the tile — its logits are not recomputed and its two gradient
-matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely (an approximate gradient: each
-dropped value is below filter_eps / n_valid).
+vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows, three matmuls). Optional
+gradient filtering (filter_eps, as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per
+vocabulary slice, and pass 2 skips a slice where softmax < filter_eps for every row of the tile — its logits are not
+recomputed and its two gradient matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely
+(an approximate gradient: each dropped value is below filter_eps / n_valid).
 Tried and dropped: pass 1 of the next row tile on a side CUDA stream during this one's pass 2, to fill pass 2's
 launch gaps (~3 ms of idle GPU a memory-mode step): the two streams' matmuls slowed each other, 59.5 against 53.9 ms
 at LLaMA-3 shapes on an H200 (45.1 against 16.4 at vocab 32000; stop 16's rows in results/h200/kernels). The row
