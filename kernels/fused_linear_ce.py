@@ -208,20 +208,21 @@ def kept_slices(tile_max: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, 
     return (margin.amax(dim=1) >= math.log(filter_eps)).tolist()
 
 
-def add_skipped_targets(grad_hidden: torch.Tensor, grad_weight: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
-                        y: torch.Tensor, rows: slice, keep: list[bool], bounds: list[tuple[int, int]],
-                        ignore_index: int, coef: torch.Tensor, chunk: int = 512) -> None:
+def add_skipped_targets(grad_hidden: torch.Tensor | None, grad_weight: torch.Tensor | None, h: torch.Tensor,
+                        weight: torch.Tensor, y: torch.Tensor, rows: slice, keep: list[bool],
+                        bounds: list[tuple[int, int]], ignore_index: int, coef: torch.Tensor, chunk: int = 512) -> None:
     """The −1 of each target's softmax gradient in a skipped slice (slice_bounds), added sparsely for the row tile
-    `rows` (h, y): dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i, `chunk` rows at a time (the gathered rows are a
-    temporary)."""
+    `rows` (h, y): dH_i += coef · W_{y_i}, dW_{y_i} += coef · h_i (each gradient where given), `chunk` rows at a time
+    (the gathered rows are a temporary)."""
     starts = torch.tensor([c0 for c0, _ in bounds], device=y.device)
     slice_of = torch.searchsorted(starts, y.clamp(min=0), right=True) - 1
     skipped = ~torch.tensor(keep, device=y.device)[slice_of]
     index = torch.nonzero((y != ignore_index) & skipped).squeeze(1)
-    dh = grad_hidden[rows]
     for part in index.split(chunk):
-        dh.index_add_(0, part, weight[y[part]].mul_(coef))
-        grad_weight.index_add_(0, y[part], h[part].mul(coef))
+        if grad_hidden is not None:
+            grad_hidden[rows].index_add_(0, part, weight[y[part]].mul_(coef))
+        if grad_weight is not None:
+            grad_weight.index_add_(0, y[part], h[part].mul(coef))
 
 
 class _FusedLinearCE(torch.autograd.Function):
@@ -231,13 +232,14 @@ class _FusedLinearCE(torch.autograd.Function):
         acc = torch.promote_types(hidden.dtype, torch.float32)
         valid = targets != ignore_index
         inv_valid = 1.0 / valid.sum().clamp(min=1).to(acc)  # stays on the device: the host runs ahead of the GPU
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # a frozen LM head needs no dW
+        need_grad = need_dh or need_dw
         filtering = filter_eps is not None and need_grad
         # exact: every row of dH and of dW is first written by a matmul (out=), then accumulated into — no zero fill
         # to write and read back; filtering skips slices, so both start at zero and are only accumulated into
         new = torch.zeros_like if filtering else torch.empty_like
-        grad_hidden = new(hidden) if need_grad else None
-        grad_weight = new(weight) if need_grad else None
+        grad_hidden = new(hidden) if need_dh else None
+        grad_weight = new(weight) if need_dw else None
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
         stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
         stats[0] = -float("inf")
@@ -247,9 +249,8 @@ class _FusedLinearCE(torch.autograd.Function):
             tile_max = torch.empty(len(bounds), h.shape[0], dtype=acc, device=hidden.device) \
                 if filtering else [None] * len(bounds)
             # exact gradients: slices whose logits wait in unwritten gradient storage are not recomputed
-            spare = grad_hidden[r0 + rows:].view(-1) if need_grad and not filtering and r0 + rows < n_tokens \
-                else None
-            dw_storage = grad_weight.view(-1) if need_grad and not filtering and r0 == 0 \
+            spare = grad_hidden[r0 + rows:].view(-1) if need_dh and not filtering and r0 + rows < n_tokens else None
+            dw_storage = grad_weight.view(-1) if need_dw and not filtering and r0 == 0 \
                 and grad_weight.is_contiguous() else None
             homes = logit_homes(bounds, h.shape[0], hidden.shape[1], dw_storage, spare) if len(bounds) > 1 else {}
             logits = [homes.get(k, tile).narrow(0, 0, h.shape[0] * (c1 - c0)).view(h.shape[0], c1 - c0)
@@ -271,10 +272,12 @@ class _FusedLinearCE(torch.autograd.Function):
                 if k not in homes and k != in_tile:
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
-                dh, dw = grad_hidden[r0:r0 + rows], grad_weight[c0:c1]
-                first_dh, first_dw = not filtering and k == len(bounds) - 1, not filtering and r0 == 0
-                torch.matmul(z, w, out=dh) if first_dh else dh.addmm_(z, w)
-                torch.matmul(z.T, h, out=dw) if first_dw else dw.addmm_(z.T, h)
+                if need_dh:
+                    dh = grad_hidden[r0:r0 + rows]
+                    torch.matmul(z, w, out=dh) if not filtering and k == len(bounds) - 1 else dh.addmm_(z, w)
+                if need_dw:
+                    dw = grad_weight[c0:c1]
+                    torch.matmul(z.T, h, out=dw) if not filtering and r0 == 0 else dw.addmm_(z.T, h)
             if filtering:
                 add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, bounds,
                                     ignore_index, -inv_valid)
@@ -287,9 +290,10 @@ class _FusedLinearCE(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         # a loss fed straight to backward() has grad_loss 1: scaling both gradients would re-read and re-write them
         # (1.5 ms at LLaMA-3 shapes on an H200) to change nothing; knowing costs one host synchronization
-        if grad_hidden is not None and grad_loss.item() != 1.0:
-            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
-            grad_weight.mul_(grad_loss.to(grad_weight.dtype))
+        grads = [g for g in (grad_hidden, grad_weight) if g is not None]
+        if grads and grad_loss.item() != 1.0:
+            for g in grads:
+                g.mul_(grad_loss.to(g.dtype))
         return grad_hidden, grad_weight, None, None, None, None, None, None
 
 

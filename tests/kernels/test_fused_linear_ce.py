@@ -206,3 +206,34 @@ def test_logit_homes_survive_until_pass_2_reads_them(rows, hidden_dim, vocab, co
         dw[hidden_dim * c0:hidden_dim * c1] = -2.0  # dW_k written
     if (vocab, cols) == (128256, 4096):
         assert len(homes) == len(bounds)
+
+
+@pytest.mark.parametrize("filter_eps", [None, 0.2])  # 0.2: 3 of 8 slices skipped per row tile
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+def test_a_frozen_input_gets_no_gradient_made(frozen, filter_eps):
+    """A frozen LM head (LoRA, QLoRA) needs dH only, a frozen trunk dW only: the other gradient is neither allocated
+    (no buffer of its size among the live tensors) nor returned, and the one asked for is the one computed when both
+    are (with filtering too: its sparse target terms)."""
+    from harness.probes import LiveTensorProbe
+
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(16, 32, generator=gen).to(DEVICE)
+    w = torch.randn(2000, 32, generator=gen).to(DEVICE)
+    y = torch.randint(0, 2000, (16,), generator=gen).to(DEVICE)
+    y[3] = -100
+    both = [h.clone().requires_grad_(), w.clone().requires_grad_()]
+    fused_linear_cross_entropy(*both, y, tile=(8, 256), filter_eps=filter_eps).backward()
+    h.requires_grad_(frozen != "hidden")
+    w.requires_grad_(frozen != "weight")
+    probe = LiveTensorProbe()
+    probe.register([h, w, y])  # the inputs (their views' storages) are not new bytes
+    with probe:
+        fused_linear_cross_entropy(h, w, y, tile=(8, 256), filter_eps=filter_eps).backward()
+    made = probe.peak - sum(t.numel() * t.element_size() for t in (h, w, y))
+    kept, dropped, expected = (h, w, both[0].grad) if frozen == "weight" else (w, h, both[1].grad)
+    assert dropped.grad is None
+    torch.testing.assert_close(kept.grad, expected, rtol=1e-6, atol=1e-9)
+    if frozen == "weight":  # the gradient asked for is far smaller than the one dropped: none of its size was made
+        assert made < dropped.numel() * dropped.element_size()
+    else:
+        assert made >= kept.numel() * kept.element_size()  # the probe sees the gradient that is made
