@@ -6,21 +6,22 @@ as the unfused graph has them; every reduction below is in fp32), into one reuse
           max, sum of exp, target logit and (with label smoothing) logit sum, online, so after the last tile
               ℓ = lse − (1 − ε) z_y − ε · mean(z)          (ε = label smoothing; rows with y = ignore_index give 0)
   pass 2, per vocabulary tile, last first: z again (a fourth matmul; not for the last tile, still in the buffer,
-          and a full-width one: the short remainder slice comes first),
-          overwritten in place by
+          and a full-width one: the short remainder slice comes first), overwritten in place by
               dz = (softmax(z) − (1 − ε) onehot(y) − ε / V) / n_valid,
           then dH_R += dz W_C and dW_C += dzᵀ h_R (accumulated in the gradients' own storage: no fp32 copies).
 When a tile holds whole rows (C = V) pass 2 reuses pass 1's logits: three matmuls, like the unfused graph.
-Not recomputed either: slices whose logits can wait in gradient storage that is not yet written (logit_homes) —
-for the first row tile, dW's own storage, which pass 2 fills from its last rows down (at LLaMA-3 shapes every
-slice of it: a quarter of the fourth matmul saved), and dH's rows of the later row tiles.
+Not recomputed either: logits that can wait in memory that is there anyway. The first row tile is larger (about D
+tokens or more, first_row_tile) and keeps all its logits, in the tile and in dW's own storage, which its pass 2
+fills from the last rows down, after reading them; the later row tiles keep some slices in dH's rows not yet
+written (spare_homes). In speed mode that leaves fewer row tiles, each of which re-reads and re-writes all of dW.
 The gradients are produced in the forward pass and scaled by the incoming gradient in backward (the loss is
 terminal). Memory beyond the two gradients: the R × C tile plus four floats per row. Nothing in the forward waits
 on the GPU (n_valid and the loss stay device tensors), so the host queues the next tiles while the GPU works.
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
-vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows, three matmuls). Optional
+vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows but in the first tile, three
+matmuls). Optional
 gradient filtering (filter_eps, as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per
 vocabulary slice, and pass 2 skips a slice where softmax < filter_eps for every row of the tile — its logits are not
 recomputed and its two gradient matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely
@@ -180,25 +181,67 @@ def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, i
     return rows, min(vocab, cols)
 
 
-def logit_homes(bounds: list[tuple[int, int]], rows: int, hidden_dim: int, dw_storage: torch.Tensor | None,
-                dh_spare: torch.Tensor | None) -> dict[int, torch.Tensor]:
-    """Where a row tile's logits of each vocabulary slice (slice_bounds) can wait from pass 1 to pass 2, instead of
-    being recomputed there, in gradient storage not yet written: flat views, by slice.
-    dw_storage (all of dW, flat; only before the first row tile's pass 2): that pass writes dW's rows c0..c1
-    (elements D·c0 .. D·c1) from slice k = [c0, c1) in descending k, so slice k's logits kept at elements R·c0 .. R·c1
-    are read before any write reaches them when R·c1 ≤ D·c0: dW_k's own write starts after them, and those of the
-    slices above start at D·c0' ≥ D·c1 > R·c1.
-    dh_spare (flat): dH's rows after this row tile, first written by later row tiles; filled first fit.
+def first_row_tile(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int,
+                   align: int = SMALL_COLS_ALIGN) -> tuple[int, list[tuple[int, int]]] | None:
+    """Rows R and vocabulary slices (ascending) of a first row tile whose logits all wait from pass 1 to pass 2, none
+    recomputed, in memory that is there anyway: columns 0..c_b in the tile buffer (R·c_b ≤ its elements), each slice
+    [c0, c1) above them in dW's storage, not yet written, at elements R·(c0 − c_b) .. R·(c1 − c_b) (first_tile_homes).
+    Pass 2 writes dW's rows c0..c1 (elements D·c0 .. D·c1) going down the slices, so a slice's logits are read before
+    any write reaches them when R·(c1 − c_b) ≤ D·c0; each slice is as wide as that allows, from c_b up.
+    R is D plus some of the whole rows the tile holds (all of them would leave the top slice no width): half, rounded
+    down to 64, or more (up to three quarters) where that saves a later tile. At LLaMA-3 shapes memory mode's first tile is 4096
+    tokens (half of them; the later tiles recompute most slices), speed mode's 4672, with 3 whole-row tiles after it
+    instead of 6 in all: 3 fewer re-reads of dW. None when the tile would gain nothing (no more rows than a regular
+    one, which holds whole rows) or no slicing fits."""
+    whole_rows = tile_elements // vocab
+    most = hidden_dim + 3 * whole_rows // 4
+    later_tiles = max(0, -(-(n_tokens - most) // rows))
+    first = min(n_tokens, max(rows, n_tokens - later_tiles * rows, hidden_dim + whole_rows // 2 // 64 * 64))
+    if first <= rows and whole_rows >= rows:
+        return None
+    align = align if tile_elements // first >= align else 1
+    in_tile = min(vocab, tile_elements // first // align * align)  # c_b
+    if in_tile == 0:
+        return None
+    bounds = [(0, in_tile)]
+    while bounds[-1][1] < vocab:
+        c0 = bounds[-1][1]
+        c1 = min(vocab, (in_tile + hidden_dim * c0 // first) // align * align)
+        if c1 <= c0:
+            return None
+        bounds.append((c0, c1))
+    return first, bounds
+
+
+def first_tile_homes(bounds: list[tuple[int, int]], rows: int, tile: torch.Tensor,
+                     dw_storage: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Flat views where the first row tile's logits of each slice (first_row_tile's bounds) wait for pass 2."""
+    in_tile = bounds[0][1]
+    return {k: tile[:rows * c1] if k == 0 else dw_storage[rows * (c0 - in_tile):rows * (c1 - in_tile)]
+            for k, (c0, c1) in enumerate(bounds)}
+
+
+def spare_homes(bounds: list[tuple[int, int]], rows: int, dh_spare: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """Where a later row tile's logits of some slices (slice_bounds) can wait from pass 1 to pass 2 instead of being
+    recomputed there: dh_spare (flat), dH's rows after this row tile, first written by later row tiles; first fit.
     The slices without a home share the tile buffer and are recomputed in pass 2."""
     homes, used = {}, 0
     for k, (c0, c1) in enumerate(bounds):
         size = rows * (c1 - c0)
-        if dw_storage is not None and rows * c1 <= hidden_dim * c0:
-            homes[k] = dw_storage[rows * c0:rows * c1]
-        elif dh_spare is not None and used + size <= dh_spare.numel():
+        if dh_spare is not None and used + size <= dh_spare.numel():
             homes[k] = dh_spare[used:used + size]
             used += size
     return homes
+
+
+def row_tiles(n_tokens: int, first: int, rows: int) -> list[tuple[int, int]]:
+    """(start, end) of each row tile: the first `first` tokens, then the rest in tiles of at most `rows`, evened out
+    (no short last tile: a matmul of a few rows runs at a fraction of the speed)."""
+    first = min(first, n_tokens)
+    rest = n_tokens - first
+    count = -(-rest // rows)
+    ends = [first + rest * (i + 1) // count for i in range(count)]
+    return list(zip([0, first, *ends[:-1]], [first, *ends], strict=True)) if rest else [(0, first)]
 
 
 def kept_slices(tile_max: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, filter_eps: float) -> list[bool]:
@@ -243,17 +286,22 @@ class _FusedLinearCE(torch.autograd.Function):
         tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
         stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
         stats[0] = -float("inf")
-        bounds = slice_bounds(vocab, cols)
-        for r0 in range(0, n_tokens, rows):
-            h, y, row_stats = hidden[r0:r0 + rows], targets[r0:r0 + rows], stats[:, r0:r0 + rows]
-            tile_max = torch.empty(len(bounds), h.shape[0], dtype=acc, device=hidden.device) \
+        # exact gradients: no logits of the first row tile recomputed (they wait in the tile and in dW's storage)
+        plan = first_row_tile(n_tokens, vocab, hidden.shape[1], rows, rows * cols) \
+            if need_dw and not filtering and grad_weight.is_contiguous() else None
+        first, first_bounds = plan or (rows, None)
+        for r0, r1 in row_tiles(n_tokens, first, rows):
+            h, y, row_stats = hidden[r0:r1], targets[r0:r1], stats[:, r0:r1]
+            if r0 == 0 and plan:
+                bounds = first_bounds
+                homes = first_tile_homes(bounds, r1, tile, grad_weight.view(-1))
+            else:  # exact gradients: slices whose logits wait in dH's rows not yet written are not recomputed
+                bounds = slice_bounds(vocab, cols)
+                spare = grad_hidden[r1:].view(-1) if need_dh and not filtering and r1 < n_tokens else None
+                homes = spare_homes(bounds, r1 - r0, spare) if len(bounds) > 1 else {}
+            tile_max = torch.empty(len(bounds), r1 - r0, dtype=acc, device=hidden.device) \
                 if filtering else [None] * len(bounds)
-            # exact gradients: slices whose logits wait in unwritten gradient storage are not recomputed
-            spare = grad_hidden[r0 + rows:].view(-1) if need_dh and not filtering and r0 + rows < n_tokens else None
-            dw_storage = grad_weight.view(-1) if need_dw and not filtering and r0 == 0 \
-                and grad_weight.is_contiguous() else None
-            homes = logit_homes(bounds, h.shape[0], hidden.shape[1], dw_storage, spare) if len(bounds) > 1 else {}
-            logits = [homes.get(k, tile).narrow(0, 0, h.shape[0] * (c1 - c0)).view(h.shape[0], c1 - c0)
+            logits = [homes.get(k, tile).narrow(0, 0, (r1 - r0) * (c1 - c0)).view(r1 - r0, c1 - c0)
                       for k, (c0, c1) in enumerate(bounds)]
             for k, (c0, c1) in enumerate(bounds):  # pass 1
                 torch.matmul(h, weight[c0:c1].T, out=logits[k])
@@ -273,13 +321,13 @@ class _FusedLinearCE(torch.autograd.Function):
                     torch.matmul(h, w.T, out=z)
                 tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
                 if need_dh:
-                    dh = grad_hidden[r0:r0 + rows]
+                    dh = grad_hidden[r0:r1]
                     torch.matmul(z, w, out=dh) if not filtering and k == len(bounds) - 1 else dh.addmm_(z, w)
                 if need_dw:
                     dw = grad_weight[c0:c1]
                     torch.matmul(z.T, h, out=dw) if not filtering and r0 == 0 else dw.addmm_(z.T, h)
             if filtering:
-                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r0 + rows), keep, bounds,
+                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r1), keep, bounds,
                                     ignore_index, -inv_valid)
         losses = log_sum_exp(stats) - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
         ctx.save_for_backward(grad_hidden, grad_weight)
