@@ -207,7 +207,7 @@ def test_first_row_tile_logits_survive_until_pass_2_reads_them(n, hidden_dim, vo
         assert ranges[k][1] - ranges[k][0] == first * (c1 - c0)
         assert ranges[k][1] <= (tile.numel() if k == 0 else dw.numel())
     in_dw = sorted(r for k, r in ranges.items() if k > 0)
-    assert all(end <= start for (_, end), (start, _) in zip(in_dw, in_dw[1:]))  # no overlap
+    assert all(end <= start for (_, end), (start, _) in zip(in_dw, in_dw[1:], strict=False))  # no overlap
     for k in range(1, len(bounds)):  # read while dW's rows from c0 up are written (this slice's and those above)
         assert ranges[k][1] <= hidden_dim * bounds[k][0]
 
