@@ -181,22 +181,24 @@ def tile_shape(n_tokens: int, vocab: int, hidden: int, budget_fraction: float, i
     return rows, min(vocab, cols)
 
 
-def first_row_tile(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int,
+def first_row_tile(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int, first: int | None = None,
                    align: int = SMALL_COLS_ALIGN) -> tuple[int, list[tuple[int, int]]] | None:
     """Rows R and vocabulary slices (ascending) of a first row tile whose logits all wait from pass 1 to pass 2, none
     recomputed, in memory that is there anyway: columns 0..c_b in the tile buffer (R·c_b ≤ its elements), each slice
     [c0, c1) above them in dW's storage, not yet written, at elements R·(c0 − c_b) .. R·(c1 − c_b) (first_tile_homes).
     Pass 2 writes dW's rows c0..c1 (elements D·c0 .. D·c1) going down the slices, so a slice's logits are read before
     any write reaches them when R·(c1 − c_b) ≤ D·c0; each slice is as wide as that allows, from c_b up.
-    R is D plus some of the whole rows the tile holds (all of them would leave the top slice no width): half, rounded
-    down to 64, or more (up to three quarters) where that saves a later tile. At LLaMA-3 shapes memory mode's first tile is 4096
-    tokens (half of them; the later tiles recompute most slices), speed mode's 4672, with 3 whole-row tiles after it
-    instead of 6 in all: 3 fewer re-reads of dW. None when the tile would gain nothing (no more rows than a regular
-    one, which holds whole rows) or no slicing fits."""
+    R (`first` where given: speed mode times a few, tuned_first_rows) is D plus some of the whole rows the tile holds
+    (all of them would leave the top slice no width): half, rounded down to 64, or more (up to three quarters) where
+    that saves a later tile. At LLaMA-3 shapes memory mode's first tile is 4096 tokens (half of them; the later tiles
+    recompute most slices); speed mode's is about 4700–5000, with 3 whole-row tiles after it instead of 6 in all:
+    3 fewer re-reads of dW. None when the tile would gain nothing (no more rows than a regular one, which holds whole
+    rows) or no slicing fits."""
     whole_rows = tile_elements // vocab
-    most = hidden_dim + 3 * whole_rows // 4
-    later_tiles = max(0, -(-(n_tokens - most) // rows))
-    first = min(n_tokens, max(rows, n_tokens - later_tiles * rows, hidden_dim + whole_rows // 2 // 64 * 64))
+    if first is None:
+        most = hidden_dim + 3 * whole_rows // 4
+        later_tiles = max(0, -(-(n_tokens - most) // rows))
+        first = min(n_tokens, max(rows, n_tokens - later_tiles * rows, hidden_dim + whole_rows // 2 // 64 * 64))
     if first <= rows and whole_rows >= rows:
         return None
     align = align if tile_elements // first >= align else 1
@@ -268,70 +270,123 @@ def add_skipped_targets(grad_hidden: torch.Tensor | None, grad_weight: torch.Ten
             grad_weight.index_add_(0, y[part], h[part].mul(coef))
 
 
+def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int) -> list[int]:
+    """Speed mode's first row tile sizes to time (tuned_first_rows): D plus 8/16 … 14/16 of the whole rows the tile
+    holds, those that slice. cuBLAS picks its kernels by shape, and the step's time does not follow R smoothly: at
+    LLaMA-3 shapes on an H200 (exploratory, one run each), R = 4936–4952 ran 1.021–1.027 × compile, R = 4928 1.054 ×
+    (its later tiles of 1088 rows got 192 × 192 tiles, 4.6 % slower a row than the 128 × 272 ones of 1084 rows),
+    R = 4672–4992 otherwise 1.043–1.054 ×."""
+    whole_rows = tile_elements // vocab
+    sizes = sorted({min(n_tokens, hidden_dim + whole_rows * sixteenths // 16) for sixteenths in range(8, 15)})
+    return [r for r in sizes if first_row_tile(n_tokens, vocab, hidden_dim, rows, tile_elements, r) is not None]
+
+
+_TUNED_FIRST_ROWS: dict[tuple, int] = {}
+
+
+def cuda_time_ms(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def tuned_first_rows(key: tuple, candidates: list[int], run, time_ms=cuda_time_ms) -> int:
+    """The candidate whose run(candidate) took the least time, measured once per key (the problem's shape) and
+    kept: a round of untimed runs, then the fastest of two interleaved rounds. Costs about 3 × len(candidates) steps
+    the first time a shape is seen (about 0.9 s at LLaMA-3 shapes on an H200); the memory peak is one step's."""
+    if key not in _TUNED_FIRST_ROWS:
+        times = {c: [] for c in candidates}
+        for timed in (False, True, True):
+            for c in candidates:
+                elapsed = time_ms(lambda c=c: run(c))
+                if timed:
+                    times[c].append(elapsed)
+        _TUNED_FIRST_ROWS[key] = min(candidates, key=lambda c: min(times[c]))
+    return _TUNED_FIRST_ROWS[key]
+
+
+def _fused_forward(hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps, need_dh, need_dw,
+                   first=None):
+    """Loss, dH and dW (None where not needed) of _FusedLinearCE.forward, the first row tile `first` rows."""
+    n_tokens, vocab = hidden.shape[0], weight.shape[0]
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    valid = targets != ignore_index
+    inv_valid = 1.0 / valid.sum().clamp(min=1).to(acc)  # stays on the device: the host runs ahead of the GPU
+    need_grad = need_dh or need_dw
+    filtering = filter_eps is not None and need_grad
+    # exact: every row of dH and of dW is first written by a matmul (out=), then accumulated into — no zero fill
+    # to write and read back; filtering skips slices, so both start at zero and are only accumulated into
+    new = torch.zeros_like if filtering else torch.empty_like
+    grad_hidden = new(hidden) if need_dh else None
+    grad_weight = new(weight) if need_dw else None
+    tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
+    stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
+    stats[0] = -float("inf")
+    # exact gradients: no logits of the first row tile recomputed (they wait in the tile and in dW's storage)
+    plan = first_row_tile(n_tokens, vocab, hidden.shape[1], rows, rows * cols, first) \
+        if need_dw and not filtering and grad_weight.is_contiguous() else None
+    first, first_bounds = plan or (rows, None)
+    for r0, r1 in row_tiles(n_tokens, first, rows):
+        h, y, row_stats = hidden[r0:r1], targets[r0:r1], stats[:, r0:r1]
+        if r0 == 0 and plan:
+            bounds = first_bounds
+            homes = first_tile_homes(bounds, r1, tile, grad_weight.view(-1))
+        else:  # exact gradients: slices whose logits wait in dH's rows not yet written are not recomputed
+            bounds = slice_bounds(vocab, cols)
+            spare = grad_hidden[r1:].view(-1) if need_dh and not filtering and r1 < n_tokens else None
+            homes = spare_homes(bounds, r1 - r0, spare) if len(bounds) > 1 else {}
+        tile_max = torch.empty(len(bounds), r1 - r0, dtype=acc, device=hidden.device) \
+            if filtering else [None] * len(bounds)
+        logits = [homes.get(k, tile).narrow(0, 0, (r1 - r0) * (c1 - c0)).view(r1 - r0, c1 - c0)
+                  for k, (c0, c1) in enumerate(bounds)]
+        for k, (c0, c1) in enumerate(bounds):  # pass 1
+            torch.matmul(h, weight[c0:c1].T, out=logits[k])
+            tile_stats(logits[k], y, row_stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
+        if not need_grad:
+            continue
+        keep = kept_slices(tile_max, log_sum_exp(row_stats), y != ignore_index, filter_eps) if filtering \
+            else [True] * len(bounds)
+        # the last slice pass 1 left in the tile is not recomputed either
+        in_tile = max((k for k in range(len(bounds)) if k not in homes), default=None)
+        for k in reversed(range(len(bounds))):
+            if not keep[k]:
+                continue
+            c0, c1 = bounds[k]
+            w, z = weight[c0:c1], logits[k]
+            if k not in homes and k != in_tile:
+                torch.matmul(h, w.T, out=z)
+            tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
+            if need_dh:
+                dh = grad_hidden[r0:r1]
+                torch.matmul(z, w, out=dh) if not filtering and k == len(bounds) - 1 else dh.addmm_(z, w)
+            if need_dw:
+                dw = grad_weight[c0:c1]
+                torch.matmul(z.T, h, out=dw) if not filtering and r0 == 0 else dw.addmm_(z.T, h)
+        if filtering:
+            add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r1), keep, bounds,
+                                ignore_index, -inv_valid)
+    losses = log_sum_exp(stats) - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
+    return torch.where(valid, losses, 0.0).sum() * inv_valid, grad_hidden, grad_weight
+
+
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps):
-        n_tokens, vocab = hidden.shape[0], weight.shape[0]
-        acc = torch.promote_types(hidden.dtype, torch.float32)
-        valid = targets != ignore_index
-        inv_valid = 1.0 / valid.sum().clamp(min=1).to(acc)  # stays on the device: the host runs ahead of the GPU
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # a frozen LM head needs no dW
-        need_grad = need_dh or need_dw
-        filtering = filter_eps is not None and need_grad
-        # exact: every row of dH and of dW is first written by a matmul (out=), then accumulated into — no zero fill
-        # to write and read back; filtering skips slices, so both start at zero and are only accumulated into
-        new = torch.zeros_like if filtering else torch.empty_like
-        grad_hidden = new(hidden) if need_dh else None
-        grad_weight = new(weight) if need_dw else None
-        tile = torch.empty(rows * cols, dtype=hidden.dtype, device=hidden.device)
-        stats = torch.zeros(4, n_tokens, dtype=acc, device=hidden.device)
-        stats[0] = -float("inf")
-        # exact gradients: no logits of the first row tile recomputed (they wait in the tile and in dW's storage)
-        plan = first_row_tile(n_tokens, vocab, hidden.shape[1], rows, rows * cols) \
-            if need_dw and not filtering and grad_weight.is_contiguous() else None
-        first, first_bounds = plan or (rows, None)
-        for r0, r1 in row_tiles(n_tokens, first, rows):
-            h, y, row_stats = hidden[r0:r1], targets[r0:r1], stats[:, r0:r1]
-            if r0 == 0 and plan:
-                bounds = first_bounds
-                homes = first_tile_homes(bounds, r1, tile, grad_weight.view(-1))
-            else:  # exact gradients: slices whose logits wait in dH's rows not yet written are not recomputed
-                bounds = slice_bounds(vocab, cols)
-                spare = grad_hidden[r1:].view(-1) if need_dh and not filtering and r1 < n_tokens else None
-                homes = spare_homes(bounds, r1 - r0, spare) if len(bounds) > 1 else {}
-            tile_max = torch.empty(len(bounds), r1 - r0, dtype=acc, device=hidden.device) \
-                if filtering else [None] * len(bounds)
-            logits = [homes.get(k, tile).narrow(0, 0, (r1 - r0) * (c1 - c0)).view(r1 - r0, c1 - c0)
-                      for k, (c0, c1) in enumerate(bounds)]
-            for k, (c0, c1) in enumerate(bounds):  # pass 1
-                torch.matmul(h, weight[c0:c1].T, out=logits[k])
-                tile_stats(logits[k], y, row_stats, c0, tile_max[k], logit_sum=smoothing != 0.0)
-            if not need_grad:
-                continue
-            keep = kept_slices(tile_max, log_sum_exp(row_stats), y != ignore_index, filter_eps) if filtering \
-                else [True] * len(bounds)
-            # the last slice pass 1 left in the tile is not recomputed either
-            in_tile = max((k for k in range(len(bounds)) if k not in homes), default=None)
-            for k in reversed(range(len(bounds))):
-                if not keep[k]:
-                    continue
-                c0, c1 = bounds[k]
-                w, z = weight[c0:c1], logits[k]
-                if k not in homes and k != in_tile:
-                    torch.matmul(h, w.T, out=z)
-                tile_grad(z, y, row_stats, c0, vocab, ignore_index, smoothing, inv_valid)
-                if need_dh:
-                    dh = grad_hidden[r0:r1]
-                    torch.matmul(z, w, out=dh) if not filtering and k == len(bounds) - 1 else dh.addmm_(z, w)
-                if need_dw:
-                    dw = grad_weight[c0:c1]
-                    torch.matmul(z.T, h, out=dw) if not filtering and r0 == 0 else dw.addmm_(z.T, h)
-            if filtering:
-                add_skipped_targets(grad_hidden, grad_weight, h, weight, y, slice(r0, r1), keep, bounds,
-                                    ignore_index, -inv_valid)
-        losses = log_sum_exp(stats) - (1 - smoothing) * stats[2] - smoothing * stats[3] / vocab
+        args = (hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps, need_dh, need_dw)
+        first = None
+        n_tokens, vocab, hidden_dim = hidden.shape[0], weight.shape[0], hidden.shape[1]
+        if hidden.is_cuda and cols == vocab and need_dw and filter_eps is None:  # speed mode: its times vary by shape
+            candidates = first_rows_candidates(n_tokens, vocab, hidden_dim, rows, rows * cols)
+            if len(candidates) > 1:
+                key = (n_tokens, vocab, hidden_dim, rows, hidden.dtype, need_dh, hidden.device)
+                first = tuned_first_rows(key, candidates, lambda c: _fused_forward(*args, first=c))
+        loss, grad_hidden, grad_weight = _fused_forward(*args, first=first)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        return torch.where(valid, losses, 0.0).sum() * inv_valid
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):

@@ -219,6 +219,32 @@ def test_no_first_row_tile_where_it_gains_nothing(n, hidden_dim, vocab, rows, co
     assert module.first_row_tile(n, vocab, hidden_dim, rows, rows * cols) is None
 
 
+@pytest.mark.parametrize("first", [8, 13, 20])
+def test_every_first_row_tile_size_gives_the_reference_gradients(first):
+    """Speed mode times a few first-tile sizes (tuned_first_rows) and keeps the fastest: each must be exact."""
+    gen = torch.Generator().manual_seed(first)
+    h = torch.randn(50, 16, generator=gen).to(DEVICE)
+    w = torch.randn(130, 16, generator=gen).to(DEVICE)
+    y = torch.randint(0, 130, (50,), generator=gen).to(DEVICE)
+    y[::6] = -100
+    assert module.first_row_tile(50, 130, 16, 6, 6 * 130, first)[0] == first
+    loss, dh, dw = module._fused_forward(h, w, y, -100, 0.0, 6, 130, None, True, True, first=first)
+    ref_loss, ref_dh, ref_dw = reference(h, w, y, -100, 0.0)
+    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss))
+    assert _relative_error(dh, ref_dh) <= 1e-4 and _relative_error(dw, ref_dw) <= 1e-4
+
+
+def test_first_row_tile_tuning_keeps_the_fastest_per_shape(monkeypatch):
+    monkeypatch.setattr(module, "_TUNED_FIRST_ROWS", {})
+    candidates = module.first_rows_candidates(8192, 128256, 4096, 1176, 1176 * 128256)
+    assert len(candidates) == 7 and candidates[0] > 4096  # every one slices (first_row_tile is not None)
+    fake_ms = dict(zip(candidates, [5.0, 3.0, 4.0, 6.0, 3.5, 7.0, 8.0], strict=True))
+    runs = []
+    pick = module.tuned_first_rows(("shape",), candidates, runs.append, time_ms=lambda fn: fn() or fake_ms[runs[-1]])
+    assert pick == candidates[1] and len(runs) == 3 * len(candidates)  # a warm-up round, two timed rounds
+    assert module.tuned_first_rows(("shape",), candidates, runs.append) == pick and len(runs) == 21  # kept
+
+
 def test_row_tiles_even_out_the_later_tiles():
     assert module.row_tiles(8192, 4672, 1176) == [(0, 4672), (4672, 5845), (5845, 7018), (7018, 8192)]
     assert module.row_tiles(37, 8, 8) == [(0, 8), (8, 15), (15, 22), (22, 29), (29, 37)]
