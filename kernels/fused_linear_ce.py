@@ -21,11 +21,10 @@ on the GPU (n_valid and the loss stay device tensors), so the host queues the ne
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
 vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows but in the first tile, three
-matmuls). Optional
-gradient filtering (filter_eps, as cut-cross-entropy's default): pass 1 also keeps each row's largest logit per
-vocabulary slice, and pass 2 skips a slice where softmax < filter_eps for every row of the tile — its logits are not
-recomputed and its two gradient matmuls not run — then adds the targets' −1 that fell in skipped slices sparsely
-(an approximate gradient: each dropped value is below filter_eps / n_valid).
+matmuls). Optional gradient filtering (filter_eps, as cut-cross-entropy's default): pass 1 also keeps each row's
+largest logit per vocabulary slice, and pass 2 skips a slice where softmax < filter_eps for every row of the tile —
+its logits are not recomputed and its two gradient matmuls not run — then adds the targets' −1 that fell in skipped
+slices sparsely (an approximate gradient: each dropped value is below filter_eps / n_valid).
 Tried and dropped: pass 1 of the next row tile on a side CUDA stream during this one's pass 2, to fill pass 2's
 launch gaps (~3 ms of idle GPU a memory-mode step): the two streams' matmuls slowed each other, 59.5 against 53.9 ms
 at LLaMA-3 shapes on an H200 (45.1 against 16.4 at vocab 32000; stop 16's rows in results/h200/kernels). The row
@@ -188,17 +187,14 @@ def first_row_tile(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_e
     [c0, c1) above them in dW's storage, not yet written, at elements R·(c0 − c_b) .. R·(c1 − c_b) (first_tile_homes).
     Pass 2 writes dW's rows c0..c1 (elements D·c0 .. D·c1) going down the slices, so a slice's logits are read before
     any write reaches them when R·(c1 − c_b) ≤ D·c0; each slice is as wide as that allows, from c_b up.
-    R (`first` where given: speed mode times a few, tuned_first_rows) is D plus some of the whole rows the tile holds
-    (all of them would leave the top slice no width): half, rounded down to 64, or more (up to three quarters) where
-    that saves a later tile. At LLaMA-3 shapes memory mode's first tile is 4096 tokens (half of them; the later tiles
-    recompute most slices); speed mode's is about 4700–5000, with 3 whole-row tiles after it instead of 6 in all:
-    3 fewer re-reads of dW. None when the tile would gain nothing (no more rows than a regular one, which holds whole
-    rows) or no slicing fits."""
+    R is `first` where given (speed mode times a few on CUDA: tuned_first_rows), else D plus half the whole rows the
+    tile holds, rounded down to 64 (all of them would leave the top slice no width). At LLaMA-3 shapes memory mode's
+    first tile is 4096 tokens (half of them; the later tiles recompute most slices); speed mode's about 4700–5000,
+    with 3 whole-row tiles after it instead of 6 in all: 3 fewer re-reads of dW. None when the tile would gain nothing
+    (no more rows than a regular one, which holds whole rows) or no slicing fits."""
     whole_rows = tile_elements // vocab
     if first is None:
-        most = hidden_dim + 3 * whole_rows // 4
-        later_tiles = max(0, -(-(n_tokens - most) // rows))
-        first = min(n_tokens, max(rows, n_tokens - later_tiles * rows, hidden_dim + whole_rows // 2 // 64 * 64))
+        first = min(n_tokens, max(rows, hidden_dim + whole_rows // 2 // 64 * 64))
     if first <= rows and whole_rows >= rows:
         return None
     align = align if tile_elements // first >= align else 1
@@ -273,7 +269,7 @@ def add_skipped_targets(grad_hidden: torch.Tensor | None, grad_weight: torch.Ten
 def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int) -> list[int]:
     """Speed mode's first row tile sizes to time (tuned_first_rows): D plus 8/16 … 14/16 of the whole rows the tile
     holds, those that slice. cuBLAS picks its kernels by shape, and the step's time does not follow R smoothly: at
-    LLaMA-3 shapes on an H200 (exploratory, one run each), R = 4936–4952 ran 1.021–1.027 × compile, R = 4928 1.054 ×
+    LLaMA-3 shapes on an H200 (exploratory, four runs), R = 4936–4952 ran 1.021–1.027 × compile, R = 4928 1.054 ×
     (its later tiles of 1088 rows got 192 × 192 tiles, 4.6 % slower a row than the 128 × 272 ones of 1084 rows),
     R = 4672–4992 otherwise 1.043–1.054 ×."""
     whole_rows = tile_elements // vocab
