@@ -33,6 +33,7 @@ statistics and 1.10 × with the gradient, no better than cuBLAS plus the separat
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -266,7 +267,8 @@ def add_skipped_targets(grad_hidden: torch.Tensor | None, grad_weight: torch.Ten
             grad_weight.index_add_(0, y[part], h[part].mul(coef))
 
 
-def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int) -> list[int]:
+@functools.cache  # asked on every speed-mode call, before the tuned size is looked up
+def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int) -> tuple[int, ...]:
     """Speed mode's first row tile sizes to time (tuned_first_rows): D plus 8/16 … 14/16 of the whole rows the tile
     holds, those that slice. cuBLAS picks its kernels by shape, and the step's time does not follow R smoothly: at
     LLaMA-3 shapes on an H200 (exploratory, four runs), R = 4936–4952 ran 1.021–1.027 × compile, R = 4928 1.054 ×
@@ -274,7 +276,7 @@ def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int,
     R = 4672–4992 otherwise 1.043–1.054 ×."""
     whole_rows = tile_elements // vocab
     sizes = sorted({min(n_tokens, hidden_dim + whole_rows * sixteenths // 16) for sixteenths in range(8, 15)})
-    return [r for r in sizes if first_row_tile(n_tokens, vocab, hidden_dim, rows, tile_elements, r) is not None]
+    return tuple(r for r in sizes if first_row_tile(n_tokens, vocab, hidden_dim, rows, tile_elements, r) is not None)
 
 
 _TUNED_FIRST_ROWS: dict[tuple, int] = {}
@@ -289,7 +291,7 @@ def cuda_time_ms(fn) -> float:
     return start.elapsed_time(end)
 
 
-def tuned_first_rows(key: tuple, candidates: list[int], run, time_ms=cuda_time_ms) -> int:
+def tuned_first_rows(key: tuple, candidates: tuple[int, ...], run, time_ms=cuda_time_ms) -> int:
     """The candidate whose run(candidate) took the least time, measured once per key (the problem's shape) and
     kept: a round of untimed runs, then the fastest of two interleaved rounds. Costs about 3 × len(candidates) steps
     the first time a shape is seen (about 0.9 s at LLaMA-3 shapes on an H200); the memory peak is one step's."""
