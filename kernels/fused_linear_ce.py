@@ -20,7 +20,7 @@ on the GPU (n_valid and the loss stay device tensors), so the host queues the ne
 
 Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
-vocabulary, four matmuls but for the logits with a home), speed mode 27 % (whole rows but in the first tile, three
+vocabulary, four matmuls but for the logits with a home), speed mode 29.5 % (whole rows but in the first tile, three
 matmuls). Optional gradient filtering (filter_eps, as cut-cross-entropy's default): pass 1 also keeps each row's
 largest logit per vocabulary slice, and pass 2 skips a slice where softmax < filter_eps for every row of the tile —
 its logits are not recomputed and its two gradient matmuls not run — then adds the targets' −1 that fell in skipped
@@ -190,7 +190,7 @@ def first_row_tile(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_e
     any write reaches them when R·(c1 − c_b) ≤ D·c0; each slice is as wide as that allows, from c_b up.
     R is `first` where given (speed mode times a few on CUDA: tuned_first_rows), else D plus half the whole rows the
     tile holds, rounded down to 64 (all of them would leave the top slice no width). At LLaMA-3 shapes memory mode's
-    first tile is 4096 tokens (half of them; the later tiles recompute most slices); speed mode's about 4700–5000,
+    first tile is 4096 tokens (half of them; the later tiles recompute most slices); speed mode's about 4700–5200,
     with 3 whole-row tiles after it instead of 6 in all: 3 fewer re-reads of dW. None when the tile would gain nothing
     (no more rows than a regular one, which holds whole rows) or no slicing fits."""
     whole_rows = tile_elements // vocab
