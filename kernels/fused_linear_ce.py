@@ -268,18 +268,23 @@ def add_skipped_targets(grad_hidden: torch.Tensor | None, grad_weight: torch.Ten
 
 
 @functools.cache  # asked on every speed-mode call, before the tuned size is looked up
-def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int, tile_elements: int) -> tuple[int, ...]:
-    """Speed mode's first row tile sizes to time (tuned_first_rows): D plus 8/16 … 14/16 of the whole rows the tile
-    holds, those that slice. cuBLAS picks its kernels by shape, and the step's time does not follow R smoothly: at
-    LLaMA-3 shapes on an H200 (exploratory, four runs), R = 4936–4952 ran 1.021–1.027 × compile, R = 4928 1.054 ×
-    (its later tiles of 1088 rows got 192 × 192 tiles, 4.6 % slower a row than the 128 × 272 ones of 1084 rows),
-    R = 4672–4992 otherwise 1.043–1.054 ×."""
+def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int,
+                          tile_elements: int) -> tuple[tuple[int, int], ...]:
+    """Speed mode's first row tile sizes to time (tuned_first_rows), as (sixteenths, R): R = D plus 8/16 … 14/16 of
+    the whole rows the tile holds, those that slice, one per size. cuBLAS picks its kernels by shape, and the step's
+    time does not follow R smoothly: at LLaMA-3 shapes on an H200 (exploratory, four runs), R = 4936–4952 ran
+    1.021–1.027 × compile, R = 4928 1.054 × (its later tiles of 1088 rows got 192 × 192 tiles, 4.6 % slower a row
+    than the 128 × 272 ones of 1084 rows), R = 4672–4992 otherwise 1.043–1.054 ×."""
     whole_rows = tile_elements // vocab
-    sizes = sorted({min(n_tokens, hidden_dim + whole_rows * sixteenths // 16) for sixteenths in range(8, 15)})
-    return tuple(r for r in sizes if first_row_tile(n_tokens, vocab, hidden_dim, rows, tile_elements, r) is not None)
+    sizes = {}
+    for sixteenths in range(8, 15):
+        r = min(n_tokens, hidden_dim + whole_rows * sixteenths // 16)
+        if r not in sizes.values() and first_row_tile(n_tokens, vocab, hidden_dim, rows, tile_elements, r):
+            sizes[sixteenths] = r
+    return tuple(sizes.items())
 
 
-_TUNED_FIRST_ROWS: dict[tuple, int] = {}
+_TUNED_FIRST_ROWS: dict[tuple, int] = {}  # sixteenths, by (vocab, D, dtype, need_dh, device)
 
 
 def cuda_time_ms(fn) -> float:
@@ -291,19 +296,22 @@ def cuda_time_ms(fn) -> float:
     return start.elapsed_time(end)
 
 
-def tuned_first_rows(key: tuple, candidates: tuple[int, ...], run, time_ms=cuda_time_ms) -> int:
-    """The candidate whose run(candidate) took the least time, measured once per key (the problem's shape) and
-    kept: a round of untimed runs, then the fastest of two interleaved rounds. Costs about 3 × len(candidates) steps
-    the first time a shape is seen (about 0.9 s at LLaMA-3 shapes on an H200); the memory peak is one step's."""
-    if key not in _TUNED_FIRST_ROWS:
-        times = {c: [] for c in candidates}
+def tuned_first_rows(key: tuple, candidates: tuple[tuple[int, int], ...], run, time_ms=cuda_time_ms) -> int:
+    """R of the candidate (first_rows_candidates' (sixteenths, R)) whose run(R) took the least time: a round of
+    untimed runs, then the fastest of two interleaved rounds. Costs about 3 × len(candidates) steps (about 0.9 s at
+    LLaMA-3 shapes on an H200); the memory peak is one step's. Kept per key, which leaves out the token count, is the
+    winning fraction: a run whose batches vary in length (dynamic padding) tunes once, not once per length, and
+    later lengths take that fraction's R; one where it gives no candidate is timed anew."""
+    sizes = dict(candidates)
+    if _TUNED_FIRST_ROWS.get(key) not in sizes:
+        times = {k: [] for k in sizes}
         for timed in (False, True, True):
-            for c in candidates:
-                elapsed = time_ms(lambda c=c: run(c))
+            for k, r in sizes.items():
+                elapsed = time_ms(lambda r=r: run(r))
                 if timed:
-                    times[c].append(elapsed)
-        _TUNED_FIRST_ROWS[key] = min(candidates, key=lambda c: min(times[c]))
-    return _TUNED_FIRST_ROWS[key]
+                    times[k].append(elapsed)
+        _TUNED_FIRST_ROWS[key] = min(sizes, key=lambda k: min(times[k]))
+    return sizes[_TUNED_FIRST_ROWS[key]]
 
 
 def _fused_forward(hidden, weight, targets, ignore_index, smoothing, rows, cols, filter_eps, need_dh, need_dw,
@@ -390,7 +398,7 @@ class _FusedLinearCE(torch.autograd.Function):
         if hidden.is_cuda and cols == vocab and need_dw and filter_eps is None:  # speed mode: its times vary by shape
             candidates = first_rows_candidates(n_tokens, vocab, hidden_dim, rows, rows * cols)
             if len(candidates) > 1:
-                key = (n_tokens, vocab, hidden_dim, rows, hidden.dtype, need_dh, hidden.device)
+                key = (vocab, hidden_dim, hidden.dtype, need_dh, hidden.device)
                 first = tuned_first_rows(key, candidates, lambda c: _fused_forward(*args, first=c))
         loss, grad_hidden, grad_weight = _fused_forward(*args, first=first)
         ctx.save_for_backward(grad_hidden, grad_weight)

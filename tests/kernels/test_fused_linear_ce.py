@@ -235,15 +235,20 @@ def test_every_first_row_tile_size_gives_the_reference_gradients(first):
     assert _relative_error(dh, ref_dh) <= 1e-4 and _relative_error(dw, ref_dw) <= 1e-4
 
 
-def test_first_row_tile_tuning_keeps_the_fastest_per_shape(monkeypatch):
+def test_first_row_tile_tuning_keeps_the_fastest_fraction_for_every_token_count(monkeypatch):
     monkeypatch.setattr(module, "_TUNED_FIRST_ROWS", {})
     candidates = module.first_rows_candidates(8192, 128256, 4096, 1176, 1176 * 128256)
-    assert len(candidates) == 7 and candidates[0] > 4096  # every one slices (first_row_tile is not None)
-    fake_ms = dict(zip(candidates, [5.0, 3.0, 4.0, 6.0, 3.5, 7.0, 8.0], strict=True))
+    sizes = [r for _, r in candidates]
+    assert len(candidates) == 7 and sizes == sorted(sizes) and sizes[0] > 4096  # every one slices
+    fake_ms = dict(zip(sizes, [5.0, 3.0, 4.0, 6.0, 3.5, 7.0, 8.0], strict=True))
     runs = []
-    pick = module.tuned_first_rows(("shape",), candidates, runs.append, time_ms=lambda fn: fn() or fake_ms[runs[-1]])
-    assert pick == candidates[1] and len(runs) == 3 * len(candidates)  # a warm-up round, two timed rounds
-    assert module.tuned_first_rows(("shape",), candidates, runs.append) == pick and len(runs) == 21  # kept
+    pick = module.tuned_first_rows(("model",), candidates, runs.append, time_ms=lambda fn: fn() or fake_ms[runs[-1]])
+    assert pick == sizes[1] and len(runs) == 3 * len(candidates)  # a warm-up round, two timed rounds
+    assert module.tuned_first_rows(("model",), candidates, runs.append) == pick and len(runs) == 21  # kept
+    # another batch length (dynamic padding): the same fraction of its own tile's rows, no steps timed again
+    other = module.first_rows_candidates(8000, 128256, 4096, 1174, 1174 * 128256)
+    assert module.tuned_first_rows(("model",), other, runs.append) == dict(other)[candidates[1][0]] != pick
+    assert len(runs) == 21
 
 
 def test_row_tiles_even_out_the_later_tiles():
