@@ -69,7 +69,8 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 KERNEL_COLUMNS = ["timestamp", "git_sha", "variant", "status", "vocab", "input_scale", "load_ms", "step_ms",
-                  "ratio_to_torch_fused", "state_bytes_per_param", "time_over_compile", "peak_beyond_inputs",
+                  "ratio_to_torch_fused", "state_bytes_per_param", "time_over_compile", "stream_ms",
+                  "stream_over_compile", "peak_beyond_inputs",
                   "bound_bytes", "peak_over_bound",
                   "cache_bytes", "bytes_over_bf16", "quantize_ms", "decode_ms", "time_over_bf16", "decode_graph_ms",
                   "graph_time_over_bf16", "mean_abs_error", "error"]

@@ -7,7 +7,10 @@ for good (workspaces, caches: eager's 64 MiB at vocab 128256 on an H200) is repo
 (kept_after_first_call), not in the peak. Time is the median of repeats (synchronized), timed in rounds that run
 every variant once (a drift of the GPU's clock weighs on all alike), each call after --load-ms of bf16 matmuls
 (benchmark.matmul_load: as a model's layers precede its head, so that every variant starts from the loaded,
-power-capped clock instead of its predecessor's; 0: none, each call follows the one before).
+power-capped clock instead of its predecessor's; 0: none, each call follows the one before). On CUDA each variant is
+timed twice, in two sets of rounds: step_ms from the host's clock around a synchronized call (the host's work before
+the first kernel and after the last counts), stream_ms between CUDA events, the call queued behind the load
+(benchmark.interleaved_time_ms in_stream: the host's work overlaps the load, as it overlaps a model's layers).
 Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
 
     python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
@@ -121,12 +124,18 @@ def measure(fns: dict, n, d, v, dtype, device, repeats, input_scale=0.05, profil
         if device.type == "cuda":
             torch.cuda.empty_cache()
     load = matmul_load(device, load_ms) if steps else None  # nothing to time: --profile
-    for name, timing in interleaved_time_ms(steps, device, warmup=2, repeats=repeats, before_each=load).items():
-        rows[name].update(step_fields(timing))
-    base = rows.get("torch_compile", {}).get("step_ms")
-    for row in rows.values():
-        if base and "step_ms" in row:
-            row["time_over_compile"] = row["step_ms"] / base
+    # wall time (synchronized: the host's work before the first kernel counts), then on CUDA in-stream time
+    clocks = {"step_ms": ("time_over_compile", False)}
+    if device.type == "cuda":
+        clocks["stream_ms"] = ("stream_over_compile", True)
+    for field, (ratio, in_stream) in clocks.items():
+        for name, timing in interleaved_time_ms(steps, device, warmup=2, repeats=repeats, before_each=load,
+                                                in_stream=in_stream).items():
+            rows[name].update(step_fields(timing, field))
+        base = rows.get("torch_compile", {}).get(field)
+        for row in rows.values():
+            if base and field in row:
+                row[ratio] = row[field] / base
     return list(rows.values())
 
 
@@ -155,6 +164,7 @@ def main(argv=None) -> None:
         return
     path = write_rows("fused_linear_ce", rows, device)
     print_table(rows, ["vocab", "input_scale", "load_ms", "variant", "status", "step_ms", "time_over_compile",
+                       "stream_ms", "stream_over_compile",
                        "peak_beyond_inputs", "bound_bytes", "peak_over_bound", "kept_after_first_call"])
     print(f"rows: {path}")
 

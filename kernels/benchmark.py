@@ -25,12 +25,18 @@ def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10,
 
 
 def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeats: int = 10,
-                        before_each=None) -> dict[str, tuple[float, float, float]]:
+                        before_each=None, in_stream: bool = False) -> dict[str, tuple[float, float, float]]:
     """(median, p20, p80) milliseconds of each fn() by name, timed in rounds that call every fn once (each call
     bracketed by a synchronize): a drift of the GPU's clock during the run (boost, heat) then weighs on every
     variant alike instead of on whichever ran last. before_each() runs (untimed) before every timed call: with
-    matmul_load, every call starts from the same clock instead of from its predecessor's."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    matmul_load, every call starts from the same clock instead of from its predecessor's.
+    in_stream (CUDA): each call is timed between two CUDA events recorded just before and after it, with no
+    synchronize after before_each(), so the host prepares and queues the call while the GPU still runs the load, as
+    it queues an LM head while the model's layers run (triton.testing.do_bench times this way). The time is then
+    the GPU's, plus any wait on a host that falls behind or synchronizes inside fn; the default also counts the
+    host's work before the call's first kernel and after its last."""
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -39,6 +45,14 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeat
         for name, fn in fns.items():
             if before_each is not None:
                 before_each()
+            if in_stream and cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end))
+                continue
             sync()
             start = time.perf_counter()
             fn()
@@ -51,9 +65,9 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeat
     return summary
 
 
-def step_fields(timing: tuple[float, float, float]) -> dict:
-    """A result row's step_ms, step_ms_p20 and step_ms_p80 from a (median, p20, p80) timing."""
-    return dict(zip(("step_ms", "step_ms_p20", "step_ms_p80"), timing, strict=True))
+def step_fields(timing: tuple[float, float, float], name: str = "step_ms") -> dict:
+    """A result row's <name>, <name>_p20 and <name>_p80 from a (median, p20, p80) timing."""
+    return dict(zip((name, f"{name}_p20", f"{name}_p80"), timing, strict=True))
 
 
 def matmul_load(device: torch.device, ms: float = 150.0, size: int = 8192):

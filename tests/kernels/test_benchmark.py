@@ -43,3 +43,32 @@ def test_kernel_timeline_counts_the_idle_time_between_kernels():
     assert kernel_timeline(kernels) == ("3 kernels: busy 0.18 ms of a 0.20 ms span, idle 0.02 ms between them "
                                         "(longest gaps, µs: 10, 10)")
     assert kernel_timeline([]) == "no GPU kernels"
+
+
+def test_in_stream_timing_off_cuda_is_the_synchronized_timing():
+    calls = []
+    times = interleaved_time_ms({"a": lambda: calls.append("a")}, torch.device("cpu"), warmup=1, repeats=2,
+                                before_each=lambda: calls.append("load"), in_stream=True)
+    assert calls == ["a", "load", "a", "load", "a"]
+    assert times["a"][0] >= 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_in_stream_timing_leaves_out_host_work_that_overlaps_the_load():
+    import time
+
+    from kernels.benchmark import matmul_load
+
+    device = torch.device("cuda")
+    load, x = matmul_load(device, ms=40.0), torch.zeros(1, device=device)
+
+    def host_then_kernel():  # 10 ms on the host, then one tiny kernel
+        time.sleep(0.01)
+        x.add_(1)
+
+    synchronized = interleaved_time_ms({"f": host_then_kernel}, device, warmup=1, repeats=3, before_each=load)
+    in_stream = interleaved_time_ms({"f": host_then_kernel}, device, warmup=1, repeats=3, before_each=load,
+                                    in_stream=True)
+    assert synchronized["f"][0] >= 10.0
+    assert in_stream["f"][0] < 2.0
