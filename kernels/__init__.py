@@ -20,3 +20,14 @@ def to_device_async(values: list, dtype: torch.dtype, device: torch.device) -> t
     """A host list as a tensor on `device`, queued without waiting: through pinned memory on CUDA, since a copy from
     pageable memory first waits for the work queued before it (a backward pass)."""
     return torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+
+
+def cuda_time_ms(fn) -> float:
+    """Milliseconds of fn()'s work on the current CUDA stream, between two events recorded around it (no
+    synchronize before: work queued earlier runs first, untimed)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)

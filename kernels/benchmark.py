@@ -16,6 +16,7 @@ import torch
 from harness import PROJECT_ROOT
 from harness.provenance import cuda_state, git_state, host_state
 from harness.results import append_row
+from kernels import cuda_time_ms
 
 
 def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10,
@@ -46,12 +47,7 @@ def interleaved_time_ms(fns: dict, device: torch.device, warmup: int = 3, repeat
             if before_each is not None:
                 before_each()
             if in_stream and cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times[name].append(start.elapsed_time(end))
+                times[name].append(cuda_time_ms(fn))
                 continue
             sync()
             start = time.perf_counter()

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import triton_runs_on
+from kernels import cuda_time_ms, triton_runs_on
 
 MIN_FULL_ROWS = 512  # below this many whole rows per tile, slice the vocabulary instead (matmul efficiency)
 # tokens per tile when the vocabulary is sliced: every row tile re-reads and re-writes all of dW, every vocabulary
@@ -285,15 +285,6 @@ def first_rows_candidates(n_tokens: int, vocab: int, hidden_dim: int, rows: int,
 
 
 _TUNED_FIRST_ROWS: dict[tuple, int] = {}  # sixteenths, by (vocab, D, dtype, need_dh, device)
-
-
-def cuda_time_ms(fn) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
 
 
 def tuned_first_rows(key: tuple, candidates: tuple[tuple[int, int], ...], run, time_ms=cuda_time_ms) -> int:
