@@ -132,7 +132,7 @@ def _check_text_file(path: Path, key: str) -> None:
 
 def _cross_check(spec: JobSpec, config: dict) -> None:
     """Checks that span groups or touch the file system."""
-    from methods import check_method  # imported here: methods pulls in torch, which only jobs need
+    from harness.parts import check_method  # imported here: methods pulls in torch, which only jobs need
 
     check_method(spec.method, spec.run.device, spec.model)
     model, data, train = spec.model, spec.dataset, spec.train

@@ -17,6 +17,7 @@ import torch
 
 from harness import data as data_lib
 from harness.models import build_model, flops_per_token
+from harness.parts import apply_transforms, build_optimizer, loop_step
 from harness.probes import (
     LiveTensorProbe,
     NvmlSampler,
@@ -28,7 +29,6 @@ from harness.probes import (
     storage_bytes,
 )
 from harness.schema import JobSpec
-from methods import apply_transforms, build_optimizer, loop_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

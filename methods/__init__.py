@@ -2,6 +2,8 @@
 
 Adding a method: `methods/<m>.py` (an `Options` dataclass and `build(named_params, options, device)` for an optimizer, or
 `apply(model, options, device)` for a transform), `conf/method/<m>.yaml`, `tests/methods/test_<m>.py`, and one line below.
+A part raises ValueError or TypeError on options it cannot take; the harness (harness/parts.py) parses the options,
+runs the plan-time checks and reports those errors as config errors naming the key.
 """
 from __future__ import annotations
 
@@ -92,99 +94,31 @@ LOOPS = {
 }
 
 
-def _choose(table: dict, name: object, where: str):
-    from harness.schema import ConfigError
-
-    if name not in table:
-        raise ConfigError(f"unknown {where} {name!r}; allowed: {', '.join(table)}")
-    return table[name]
-
-
-def optimizer_part(method):
-    """(module, parsed options) of the method's optimizer; ConfigError on an unknown name or option."""
-    from harness.schema import parse
-
-    options = dict(method.optimizer)
-    module = _choose(OPTIMIZERS, options.pop("name", None), "method.optimizer.name")
-    return module, parse(module.Options, options, "method.optimizer")
-
-
-def check_method(method, device: str, model_spec) -> None:
-    """Plan-time checks: names and options exist, options fit the model (`check` of the part), and a CUDA-only part
-    is refused on run.device=cpu."""
-    from harness.schema import ConfigError
-
-    module, options = optimizer_part(method)
-    if hasattr(module, "check"):
-        module.check(options, model_spec)
-    parts = [module] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
-    for name in method.transform_options:
-        if name not in method.transforms:
-            raise ConfigError(f"method.transform_options.{name} is given but {name!r} is not in method.transforms "
-                              f"({', '.join(method.transforms) or 'empty'})")
-    for name in method.transforms:
-        transform_options(method, name)
-    _choose(LOOPS, method.loop, "method.loop")
-    if "int8_weights" in method.transforms and not getattr(module, "UPDATES_INT8_WEIGHTS", False):
-        capable = ", ".join(n for n, m in OPTIMIZERS.items() if getattr(m, "UPDATES_INT8_WEIGHTS", False))
-        raise ConfigError(f"optimizer {method.optimizer['name']} cannot update INT8 weights; allowed with "
-                          f"int8_weights: {capable}")
-    if "int8_weights" in method.transforms and method.loop not in ("standard", "layerwise"):
-        raise ConfigError(f"int8_weights updates weights inside backward; method.loop={method.loop} has none "
-                          "(allowed: standard, layerwise)")
-    needs_loop = getattr(module, "LOOP", None)  # zeroth-order optimizers need their loop; others any but that one
-    if method.loop != needs_loop if needs_loop else method.loop == "zeroth_order":
-        raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "
-                          f"it needs method.loop={needs_loop or 'standard or layerwise'}")
-    for part in parts:
-        if getattr(part, "REQUIRES_CUDA", False) and device == "cpu":
-            raise ConfigError(f"method {method.name} needs CUDA ({part.__name__.split('.')[-1]}) but run.device=cpu; "
-                              "use run.device=cuda or auto on a GPU host")
-
-
 def _check_device(part, device) -> None:
     if getattr(part, "REQUIRES_CUDA", False) and device.type != "cuda":
         raise MissingRequirement(f"{part.__name__.split('.')[-1]} needs a CUDA device; this job runs on {device.type}")
 
 
-def build_optimizer(method, model, device):
-    """The method's optimizer over the model's trainable parameters, given as (name, parameter) pairs so that
-    projection methods can pick the attention / MLP matrices."""
-    module, options = optimizer_part(method)
-    _check_device(module, device)
+def build_optimizer(part, options, model, device, loop: str = "standard", int8_weights: bool = False):
+    """Optimizer module `part` (an OPTIMIZERS value) with its parsed `options` over the model's trainable parameters,
+    given as (name, parameter) pairs so that projection methods can pick the attention / MLP matrices; `loop` is a
+    LOOPS key, `int8_weights` whether that transform was applied (the optimizer then updates its INT8 layers)."""
+    _check_device(part, device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if method.loop == "layerwise":
-        optimizer = loops.LayerwiseOptimizer(lambda one: module.build(one, options, device), named)
+    if loop == "layerwise":
+        optimizer = loops.LayerwiseOptimizer(lambda one: part.build(one, options, device), named)
     else:
-        optimizer = module.build(named, options, device)
-    if "int8_weights" in method.transforms:
+        optimizer = part.build(named, options, device)
+    if int8_weights:
         optimizer.attach_quantized(model)
-    if getattr(module, "COMPILED_STEP", False):
+    if getattr(part, "COMPILED_STEP", False):
         loops.hide_step_from_dispatch_modes(optimizer)
     return optimizer
 
 
-def transform_options(method, name: str):
-    """Parsed options of one transform (its `Options` dataclass), from method.transform_options.<name>."""
-    from harness.schema import parse
-
-    module = TRANSFORMS[name]
-    given = dict(method.transform_options.get(name) or {})
-    if not hasattr(module, "Options"):
-        if given:
-            from harness.schema import ConfigError
-
-            raise ConfigError(f"transform {name} takes no options; remove method.transform_options.{name}")
-        return None
-    return parse(module.Options, given, f"method.transform_options.{name}")
-
-
-def apply_transforms(method, model, device):
-    for name in method.transforms:
-        _check_device(TRANSFORMS[name], device)
-        model = TRANSFORMS[name].apply(model, transform_options(method, name), device)
+def apply_transforms(parts: list, model, device):
+    """The model after each (transform module, parsed options) of `parts`, in order."""
+    for part, options in parts:
+        _check_device(part, device)
+        model = part.apply(model, options, device)
     return model
-
-
-def loop_step(method):
-    return LOOPS[method.loop]

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.schema import ConfigError
-
 
 def apply(model: torch.nn.Module, options: None, device: torch.device) -> torch.nn.Module:
     if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing")
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -11,8 +11,6 @@ from typing import Literal
 
 import torch
 
-from harness.schema import ConfigError
-
 # logits tile bytes as a fraction of the two gradients' bytes; below the targets' 2 % and 30 % by what cuBLAS and
 # the per-row statistics take beside the tile. Speed mode gains from every byte: at LLaMA-3 shapes on an H200,
 # 1.031–1.035 × compile at 0.25, 1.024–1.026 at 0.27, 1.007–1.012 at 0.295 (two interleaved runs, exploratory)
@@ -29,8 +27,8 @@ class Options:
 
     def __post_init__(self):
         if self.filter_eps is not None and not (0.0 < self.filter_eps < 1.0 and self.label_smoothing == 0.0):
-            raise ConfigError(f"method.transform_options.fused_ce.filter_eps={self.filter_eps} with label_smoothing="
-                              f"{self.label_smoothing}: filtering needs 0 < filter_eps < 1 and label_smoothing=0")
+            raise ValueError(f"filter_eps={self.filter_eps} with label_smoothing={self.label_smoothing}: "
+                             "filtering needs 0 < filter_eps < 1 and label_smoothing=0")
 
 
 def shifted(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +40,7 @@ def install_loss(model: torch.nn.Module, loss_fn) -> torch.nn.Module:
     """Make model(input_ids=…, labels=…) return SimpleNamespace(loss=loss_fn(hidden, head_weight, targets))."""
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
-        raise ConfigError(f"{type(model).__name__} has no bias-free output embedding; a fused loss needs one")
+        raise ValueError(f"{type(model).__name__} has no bias-free output embedding; a fused loss needs one")
     decoder = model.get_decoder()
 
     def forward(self, input_ids=None, labels=None, **kwargs):

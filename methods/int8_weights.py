@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from harness.schema import ConfigError
 from methods.lora import replace_linears
 
 CHUNK_VALUES = 2**22  # weight values per fp32 working chunk (row_chunks)
@@ -113,8 +112,8 @@ class Int8Linear(nn.Module):
 
 def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
     if options.group_size < 1:
-        raise ConfigError(f"method.transform_options.int8_weights.group_size={options.group_size} must be >= 1")
+        raise ValueError(f"group_size={options.group_size} must be >= 1")
     generator = torch.Generator(device=device).manual_seed(options.seed)
     if replace_linears(model, set(options.targets), lambda linear: Int8Linear(linear, options, generator)) == 0:
-        raise ConfigError(f"int8_weights found no nn.Linear named {options.targets} in {type(model).__name__}")
+        raise ValueError(f"int8_weights found no nn.Linear named {options.targets} in {type(model).__name__}")
     return model

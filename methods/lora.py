@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from harness.schema import ConfigError
-
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -50,19 +48,19 @@ def replace_linears(model: nn.Module, targets, make) -> int:
 
 def add_adapters(model: nn.Module, options: Options, make_base=lambda linear: linear) -> nn.Module:
     if options.rank < 1:
-        raise ConfigError(f"method.transform_options.lora.rank={options.rank} must be >= 1")
+        raise ValueError(f"rank={options.rank} must be >= 1")
     for p in model.parameters():
         p.requires_grad_(False)
 
     def make(linear: nn.Linear) -> LoRALinear:
         if options.rank > min(linear.in_features, linear.out_features):
-            raise ConfigError(f"LoRA rank {options.rank} exceeds a target layer's size "
-                              f"({linear.out_features} x {linear.in_features})")
+            raise ValueError(f"LoRA rank {options.rank} exceeds a target layer's size "
+                             f"({linear.out_features} x {linear.in_features})")
         return LoRALinear(make_base(linear), linear.in_features, linear.out_features, options.rank, options.alpha,
                           linear.weight.dtype, linear.weight.device)
 
     if replace_linears(model, set(options.targets), make) == 0:
-        raise ConfigError(f"LoRA found no nn.Linear named {options.targets} in {type(model).__name__}")
+        raise ValueError(f"LoRA found no nn.Linear named {options.targets} in {type(model).__name__}")
     return model
 
 

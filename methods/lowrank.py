@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.schema import ConfigError
 from kernels import to_device_async
 from methods.adamw import AdamHyperparameters
 
@@ -39,12 +38,12 @@ def check_rank(options, model_spec) -> None:
     """Plan-time: the rank must fit the smallest side of the projected matrices (the hidden size for LLaMA)."""
     smallest = getattr(model_spec, "hidden_size", None)
     if options.rank < 1:
-        raise ConfigError(f"method.optimizer.rank={options.rank} is invalid; it must be >= 1")
+        raise ValueError(f"rank={options.rank} is invalid; it must be >= 1")
     if smallest is not None and options.rank > smallest:
-        raise ConfigError(f"method.optimizer.rank={options.rank} exceeds the smallest side ({smallest}) of the "
-                          f"projected matrices of model {model_spec.name}; use rank <= {smallest}")
+        raise ValueError(f"rank={options.rank} exceeds the smallest side ({smallest}) of the "
+                         f"projected matrices of model {model_spec.name}; use rank <= {smallest}")
     if options.update_gap < 1:
-        raise ConfigError(f"method.optimizer.update_gap={options.update_gap} is invalid; it must be >= 1")
+        raise ValueError(f"update_gap={options.update_gap} is invalid; it must be >= 1")
 
 
 def split_groups(named_params, options) -> list[dict]:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from harness.models import build_model
+from harness.parts import apply_transforms, build_optimizer
 from harness.schema import LlamaSpec, MethodSpec
-from methods import apply_transforms, build_optimizer
 from methods.int8_weights import Int8Linear
 
 SPEC = LlamaSpec(name="t", family="llama", hidden_size=32, intermediate_size=64, num_attention_heads=4,

@@ -3,9 +3,9 @@ with every gradient freed during backward."""
 import torch
 
 from harness.models import build_model
+from harness.parts import build_optimizer, loop_step
 from harness.probes import no_phase as noop_phase
 from harness.schema import LlamaSpec, MethodSpec
-from methods import build_optimizer, loop_step
 
 SPEC = LlamaSpec(name="t", family="llama", hidden_size=32, intermediate_size=86, num_attention_heads=4,
                  num_hidden_layers=2, vocab_size=97, max_position_embeddings=64)
