@@ -17,17 +17,31 @@ from tests.helpers import FAST, ROOT, rows_of, run_cli
 SWEEP = ["-m", "method=adamw,sgd,adafactor", "train.seed=0,1", *FAST]
 
 
-def _orphan_jobs(results_dir) -> list[int]:
-    """PIDs of job processes still running for this results folder."""
+def _job_processes(results_dir) -> list[int]:
+    """PIDs of live processes working for this results folder: a spawned job names its job folder on the command
+    line, but a forked job (harness/zygote.py, the default launcher) and the fork server carry the server's command
+    line; every one of them writes its log into the folder, so an open file or an argument under it is the mark."""
+    folder = os.path.realpath(results_dir)
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
-            except OSError:
-                continue
-            if "harness.worker" in cmdline and str(results_dir) in cmdline:
-                pids.append(int(entry))
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace").split("\0")
+            files = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:  # it ended while being looked at
+            continue
+        if any(path == folder or path.startswith(folder + os.sep) for path in [*cmdline, *files]):
+            pids.append(int(entry))
+    return pids
+
+
+def _no_job_processes_within(results_dir, seconds: float) -> list[int]:
+    """[] once no process works for results_dir; the PIDs still there after `seconds` otherwise. A killed process
+    takes a moment to go; a job that escaped its parent's death runs on for seconds (at least its startup)."""
+    deadline = time.monotonic() + seconds
+    while (pids := _job_processes(results_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return pids
 
 
@@ -54,10 +68,12 @@ def test_sigkill_at_several_moments_then_resume_runs_every_job_exactly_once(resu
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_rows(rows_path, rows_before_kill)
         time.sleep(extra)
+        if rows_before_kill:  # the fork server is up by now: the check must see it (and any job) before the kill
+            assert set(_job_processes(results_dir)) - {proc.pid}, "the sweep's job processes are invisible"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        time.sleep(0.5)
-        assert not _orphan_jobs(results_dir), "the job process must die with its parent (PR_SET_PDEATHSIG)"
+        orphans = _no_job_processes_within(results_dir, 0.5)
+        assert not orphans, f"job processes {orphans} outlived the killed sweep (PR_SET_PDEATHSIG)"
         assert all(json.loads(line) for line in _raw_lines(rows_path) if line.strip()), "a torn line"
     done_before = len(read_rows(rows_path))
     assert 2 <= done_before < 6
