@@ -23,12 +23,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from harness import CONF_DIR, PROJECT_ROOT
+from harness.fits import check_weights_fit
 from harness.nvml import visible_handles
 from harness.schema import ConfigError, JobSpec, TextSpec
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
-OPERATIONAL_KEYS = ("run.force", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu")
+OPERATIONAL_KEYS = ("run.force", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
+                    "run.host_memory_limit_gib")
 
 
 @cache
@@ -152,6 +154,14 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
         raise ConfigError("run.device=cuda but no NVIDIA GPU is visible (NVML); use run.device=cpu or auto")
     if spec.run.device == "cpu" and train.dtype == "fp16":
         raise ConfigError("train.dtype=fp16 is not supported on run.device=cpu; allowed there: auto, fp32, bf16")
+    on_cpu = spec.run.device == "cpu" or (spec.run.device == "auto" and not nvidia_gpu_count())
+    if on_cpu and spec.gpu.name not in ("auto", "cpu"):
+        raise ConfigError(f"gpu={spec.gpu.name} gives a GPU's figures but the job runs on the CPU "
+                          f"(run.device={spec.run.device}); use gpu=auto or gpu=cpu there")
+    if not on_cpu and spec.gpu.name == "cpu":
+        raise ConfigError(f"gpu=cpu but the job runs on a GPU (run.device={spec.run.device}); use gpu=auto or the "
+                          f"GPU's name ({', '.join(g for g in group_options('gpu') if g not in ('auto', 'cpu'))})")
+    check_weights_fit(spec, on_cpu)
 
 
 @lru_cache(maxsize=1)

@@ -110,8 +110,13 @@ class RunSpec:
     nvml_interval_ms: int
     inject_fault: Literal["none", "raise", "oom", "segfault", "kill", "hang", "nan_loss", "missing_package"]
     launcher: Literal["fork", "spawn"]
+    host_memory_limit_gib: float | Literal["auto"] | None  # CPU jobs (harness/fits.py)
 
     def check(self) -> None:
+        limit = self.host_memory_limit_gib
+        if limit not in ("auto", None) and not 0 < limit < float("inf"):
+            raise ConfigError(f"run.host_memory_limit_gib={limit} is invalid; allowed: auto, null or a number of "
+                              "GiB > 0")
         if self.repeats < 1:
             raise ConfigError(f"run.repeats={self.repeats} is invalid; it must be >= 1")
         if self.timeout_s <= 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from harness import fits
 from harness.provenance import cuda_state, host_state
 from harness.results import write_json_atomic
 from harness.schema import JobSpec
@@ -37,18 +38,20 @@ def _resolve_device(requested: str) -> torch.device:
 
 
 def _gpu_figures(spec: JobSpec, record: dict) -> None:
-    """gpu=auto: match the NVML name against conf/gpu/*.yaml for the datasheet figures used in MFU."""
+    """The datasheet figures used for MFU: the job's own gpu section (its YAML with the command line's gpu.*
+    overrides). gpu=auto: the conf/gpu/*.yaml whose card matches the NVML name fills what the section leaves null."""
     from omegaconf import OmegaConf
 
     from harness import CONF_DIR
 
-    name = spec.gpu.name
+    name, peak = spec.gpu.name, spec.gpu.peak_bf16_flops
     if name == "auto":
         label = (record.get("gpu_name") or "").lower()
         candidates = {"h200": "h200", "h100": "h100", "a100": "a100_80gb", "4090": "rtx4090", " l4": "l4"}
         name = next((v for k, v in candidates.items() if k in f" {label}"), "unknown")
-    figures = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "gpu" / f"{name}.yaml")) if name != "unknown" else {}
-    record.update(gpu=name, gpu_peak_bf16_flops=figures.get("peak_bf16_flops"))
+        if peak is None and name != "unknown":
+            peak = OmegaConf.load(CONF_DIR / "gpu" / f"{name}.yaml").peak_bf16_flops
+    record.update(gpu=name, gpu_peak_bf16_flops=peak)
 
 
 def _fault_injector(kind: str):
@@ -78,6 +81,7 @@ def _fault_injector(kind: str):
 def execute(job_dir: Path) -> dict:
     job = json.loads((job_dir / "job.json").read_text())
     record: dict = {"status": "ok", "error": None, "empty_cache_policy": "never inside a job"}
+    limit = None, "no limit on the host memory of a GPU job"
     try:
         spec = JobSpec.from_dict(job["config"])
         record.update(host_state())
@@ -88,6 +92,8 @@ def execute(job_dir: Path) -> dict:
             _gpu_figures(spec, record)
         else:
             record["gpu"] = "cpu"
+            limit = fits.limit_process(spec.run.host_memory_limit_gib)
+            record["host_memory_limit"] = limit[0]
         if "MEMBENCH_LAUNCHED_AT" in os.environ:
             record["startup_s"] = time.time() - float(os.environ["MEMBENCH_LAUNCHED_AT"])
         run_training(spec, device, record, _fault_injector(spec.run.inject_fault))
@@ -99,7 +105,10 @@ def execute(job_dir: Path) -> dict:
         record.update(status="diverged", error=one_line(e))
     except Exception as e:  # every other failure becomes a row, with the traceback in the job's log
         traceback.print_exc()
-        record.update(status="error", error=one_line(e))
+        if fits.allocation_failed(e):
+            record.update(status="oom", error=f"{fits.oom_reason(*limit)}: {one_line(e)}"[:400])
+        else:
+            record.update(status="error", error=one_line(e))
     return record
 
 

@@ -52,6 +52,13 @@ CASES = [
      "filtering needs 0 < filter_eps < 1 and label_smoothing=0"),
     ("unknown GaLore projection", ["method=galore", "method.optimizer.projection=qr"],
      "method.optimizer.projection"),
+    ("model weights over the host memory limit of a CPU job", ["model=llama_7b", "run.device=cpu",
+                                                               "run.host_memory_limit_gib=8"],
+     "model llama_7b's weights alone take 25.1 GiB (6.74 B parameters, train.dtype=auto), over the 8.0 GiB of the "
+     "host memory limit of a CPU job (run.host_memory_limit_gib=8)"),
+    ("host memory limit not > 0", ["run.host_memory_limit_gib=0"], "run.host_memory_limit_gib=0 is invalid"),
+    ("a GPU's figures for a CPU job", ["gpu=h100", "run.device=cpu"],
+     "gpu=h100 gives a GPU's figures but the job runs on the CPU (run.device=cpu); use gpu=auto or gpu=cpu there"),
 ]
 
 
