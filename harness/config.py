@@ -132,6 +132,21 @@ def _check_text_file(path: Path, key: str) -> None:
         raise ConfigError(f"{key}: not UTF-8 text ({path}, byte {e.start})") from None
 
 
+def _resolve_auto_rank(config: dict) -> None:
+    """method.optimizer.rank=auto becomes the number the low-rank methods' rule gives for the model's width, in the
+    job's config itself: rows and --cfg job show the rank used."""
+    method, model = config.get("method"), config.get("model")
+    optimizer = method.get("optimizer") if isinstance(method, dict) else None
+    if not isinstance(optimizer, dict) or optimizer.get("rank") != "auto" or not isinstance(model, dict):
+        return
+    if not isinstance(model.get("hidden_size"), int):
+        raise ConfigError(f"method.optimizer.rank=auto needs the model's hidden size, which model {model.get('name')} "
+                          "does not give while planning; set method.optimizer.rank to a number")
+    from methods.lowrank import auto_rank  # imported here: methods pulls in torch, which only jobs need
+
+    optimizer["rank"] = auto_rank(model["hidden_size"])
+
+
 def _cross_check(spec: JobSpec, config: dict) -> None:
     """Checks that span groups or touch the file system."""
     from harness.parts import check_method  # imported here: methods pulls in torch, which only jobs need
@@ -246,6 +261,7 @@ def plan(argv: list[str]) -> list[Job]:
         groups_only = [o for o in overrides if o.split("=")[0].lstrip("+~") in GROUPS]
         _check_keys_exist(_parse(overrides), _compose(groups_only, throw_on_missing=False))
         config = _compose(overrides)
+        _resolve_auto_rank(config)
         spec = JobSpec.from_dict(config)
         _cross_check(spec, config)
         _check_results_dir(_resolve_path(spec.run.results_dir))

@@ -46,6 +46,13 @@ def check_rank(options, model_spec) -> None:
         raise ValueError(f"update_gap={options.update_gap} is invalid; it must be >= 1")
 
 
+def auto_rank(smallest_side: int) -> int:
+    """rank: auto — a quarter of the smallest side of the projected matrices (the hidden size for LLaMA): GaLore's
+    choice (Zhao et al., 2024: rank 128 at hidden 512, 512 at 2048; 256 at 768 and 1024), which APOLLO, Fira, FRUGAL
+    and Q-GaLore keep."""
+    return max(1, smallest_side // 4)
+
+
 def split_groups(named_params, options) -> list[dict]:
     projected = [p for n, p in named_params if p.dim() == 2 and any(t in n for t in options.target_modules)]
     ids = {id(p) for p in projected}
