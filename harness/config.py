@@ -24,6 +24,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from harness import CONF_DIR, PROJECT_ROOT
 from harness.fits import check_weights_fit
+from harness.hints import hint
 from harness.nvml import visible_handles
 from harness.schema import ConfigError, JobSpec, TextSpec
 
@@ -36,6 +37,11 @@ OPERATIONAL_KEYS = ("run.force", "run.timeout_s", "run.results_dir", "run.repeat
 @cache
 def group_options(group: str) -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+
+
+def default_config() -> dict:
+    """The config a command line without overrides composes (??? where a value must be given)."""
+    return _compose([], throw_on_missing=False)
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ def _check_keys_exist(parsed, base: dict) -> None:
             if not isinstance(node, dict) or part not in node:
                 parent = ".".join(key.split(".")[:i]) or "the top level"
                 allowed = ", ".join(node) if isinstance(node, dict) else "none (not a mapping)"
-                raise ConfigError(f"unknown key '{key}'; allowed keys under {parent}: {allowed}")
+                raise ConfigError(f"unknown key '{key}'{hint(key)}; allowed keys under {parent}: {allowed}")
             node = node[part]
 
 
@@ -225,7 +231,8 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str]]:
         if arg in ("-m", "--multirun"):
             multirun = True
         elif arg.startswith("-"):
-            raise ConfigError(f"unknown flag '{arg}'; allowed: -m/--multirun, -h/--help, then key=value overrides")
+            raise ConfigError(f"unknown flag '{arg}'; allowed: -m/--multirun, -h/--help, --cfg job, then "
+                              "key=value overrides")
         elif "=" not in arg:
             raise ConfigError(f"'{arg}' is not an override; write key=value (e.g. method=adamw)")
         else:

@@ -4,25 +4,56 @@ Examples:
   python -m harness.run method=adafactor model=llama_60m train.batch_size=16
   python -m harness.run -m method=adamw,sgd,adafactor 'method.transforms=[],[checkpointing]'
   python -m harness.run sweep=default_cpu            (a named sweep from conf/sweep/)
+  python -m harness.run --cfg job -m method=adamw,sgd (print each job's composed config; nothing runs)
 A job whose row already exists in the sweep's rows.jsonl is skipped (resume); run.force=true reruns it.
 """
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from collections import Counter
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from harness.config import GROUPS, ConfigError, group_options, plan
+from harness.config import GROUPS, ConfigError, default_config, group_options, plan
 from harness.launch import Interrupted, run_job, stop_servers
 from harness.provenance import git_state
 from harness.results import append_row, read_rows, write_json_atomic
 
 
+def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(node, dict) and node:
+        return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), node)]
+
+
 def _usage() -> str:
     groups = "\n".join(f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS)
-    return f"{__doc__}\nConfig groups and their options:\n{groups}\n"
+    keys = "\n".join(f"  {key}={value if isinstance(value, str) else json.dumps(value)}"
+                     for key, value in _leaves(default_config()))
+    return (f"{__doc__}\nConfig groups and their options:\n{groups}\n\nEvery key and its default (the group keys as "
+            f"the default options give them; --cfg job shows a job's own):\n{keys}\n")
+
+
+def _print_configs(argv: list[str]) -> int:
+    """--cfg job: print the composed config of each job of the plan as YAML, as Hydra does; nothing runs."""
+    at = argv.index("--cfg")
+    if argv[at + 1:at + 2] != ["job"]:
+        print("error: --cfg takes one value, job (the composed config of each job); "
+              "e.g. python -m harness.run --cfg job method=sgd", file=sys.stderr)
+        return 2
+    try:
+        jobs = plan(argv[:at] + argv[at + 2:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for job in jobs:
+        if job.repeat == 0:  # the repeats of a job share its config
+            print(f"# job: {' '.join(job.overrides) or 'defaults'} ({job.spec.run.repeats} repeat(s))")
+            print(OmegaConf.to_yaml(job.config))
+    return 0
 
 
 def _fmt_bytes(value) -> str:
@@ -97,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(_usage())
         return 0
+    if "--cfg" in argv:
+        return _print_configs(argv)
     try:
         jobs = plan(argv)
     except ConfigError as e:

@@ -59,6 +59,9 @@ CASES = [
     ("host memory limit not > 0", ["run.host_memory_limit_gib=0"], "run.host_memory_limit_gib=0 is invalid"),
     ("a GPU's figures for a CPU job", ["gpu=h100", "run.device=cpu"],
      "gpu=h100 gives a GPU's figures but the job runs on the CPU (run.device=cpu); use gpu=auto or gpu=cpu there"),
+    ("a Hydra key that lives elsewhere here", ["hydra.run.dir=/tmp/x"], "unknown key 'hydra.run.dir'; use run.results_dir"),
+    ("a training-script key that lives elsewhere here", ["train.lr=0.1"],
+     "unknown key 'train.lr'; use method.optimizer.lr"),
 ]
 
 
