@@ -18,6 +18,25 @@ METRICS = ["peak_allocated", "peak_reserved", "nvml_process_peak", "cpu_live_pea
            "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu", "train_loss", "eval_loss", "eval_ppl"]
 
 
+def _settings_of(row: dict) -> dict[str, str]:
+    overrides = row.get("overrides")
+    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o) if isinstance(overrides, list) else {}
+
+
+def swept_keys(rows: list[dict], own_columns=("model", "method")) -> list[str]:
+    """The sweep's axes that have no column of their own: the override keys whose values differ across the rows
+    (a `train.batch_size=range(1,4)` sweep gives train.batch_size)."""
+    settings = [_settings_of(r) for r in rows]
+    keys = dict.fromkeys(k for s in settings for k in s)
+    return [k for k in keys if k not in own_columns and len({s.get(k) for s in settings}) > 1]
+
+
+def settings_label(row: dict, keys: list[str]) -> str:
+    """The row's values of the swept keys, `key=value` each ("-" where its command line left the key out)."""
+    settings = _settings_of(row)
+    return " ".join(f"{k}={settings.get(k, '-')}" for k in keys)
+
+
 def committed_row_files(root: Path = PROJECT_ROOT / "results") -> list[Path]:
     """The rows committed to the repository: results/<device>/*.rows.jsonl (not raw runs, not failed attempts)."""
     return sorted(p for p in root.glob("*/*.rows.jsonl") if p.parent.name not in ("runs", "baselines"))
@@ -49,7 +68,10 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     frame = frame.copy()
     frame["transforms"] = frame["transforms"].map(lambda t: "+".join(t) if isinstance(t, list) else (t or ""))
-    keys = [k for k in GROUP_KEYS if k in frame] + ["transforms"]
+    records = frame.to_dict("records")
+    swept = swept_keys(records, own_columns=("model", "method", "method.transforms"))
+    frame["settings"] = [settings_label(r, swept) for r in records]
+    keys = [k for k in GROUP_KEYS if k in frame] + ["transforms", "settings"]
     frame[keys] = frame[keys].fillna("-")
     ok = frame[frame["status"] == "ok"]
     parts = []
@@ -95,9 +117,9 @@ def kernel_markdown(table: pd.DataFrame) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    shown = [c for c in ["model", "method", "transforms", "status", "repeats", "peak_allocated", "cpu_live_peak",
+    shown = [c for c in ["model", "method", "transforms", "settings", "status", "repeats", "peak_allocated", "cpu_live_peak",
                          "weights", "grads", "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu",
-                         "eval_loss"] if c in table]
+                         "eval_loss"] if c in table and (c != "settings" or table[c].astype(bool).any())]
 
     def cell(col, v):
         if v is None or (isinstance(v, float) and pd.isna(v)):

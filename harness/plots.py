@@ -25,10 +25,11 @@ def pareto_front(points: list[tuple[float, float]], minimize_x: bool) -> list[in
 
 
 def _labels(frame: pd.DataFrame) -> list[str]:
-    """Method names; transforms are appended only where one method appears with several transform sets."""
+    """Method names; transforms are appended only where one method appears with several transform sets, and the
+    swept settings (harness.aggregate.swept_keys) where the sweep has any."""
     variants = frame.groupby("method")["transforms"].nunique()
     return [r["method"] + (f" +{r['transforms']}" if variants[r["method"]] > 1 and r["transforms"] not in ("", "-")
-                           else "") for _, r in frame.iterrows()]
+                           else "") + (f" {r['settings']}" if r.get("settings") else "") for _, r in frame.iterrows()]
 
 
 def _unit(values: pd.Series) -> tuple[float, str]:

@@ -67,13 +67,17 @@ def _fmt(value, spec: str) -> str:
 
 
 def summary_table(rows: list[dict]) -> str:
-    header = ["model", "method", "rep", "status", "peak (probe)", "opt state", "activations", "step ms", "tok/s",
-              "eval loss"]
+    from harness.aggregate import settings_label, swept_keys
+
+    swept = swept_keys(rows)  # the sweep's other axes get a column: its rows differ by more than model and method
+    header = ["model", "method", *(["settings"] if swept else []), "rep", "status", "peak (probe)", "opt state",
+              "activations", "step ms", "tok/s", "eval loss"]
     lines = [header]
     for r in rows:
         peak, probe = (r.get("peak_allocated"), "cuda") if r.get("peak_allocated") is not None else (
             r.get("cpu_live_peak"), "live")
-        lines.append([str(r.get("model")), str(r.get("method")), str(r.get("repeat")), r.get("status", "?"),
+        lines.append([str(r.get("model")), str(r.get("method")), *([settings_label(r, swept)] if swept else []),
+                      str(r.get("repeat")), r.get("status", "?"),
                       f"{_fmt_bytes(peak)} ({probe})", _fmt_bytes(r.get("optimizer_state")),
                       _fmt_bytes(r.get("activations")), _fmt(r.get("step_ms"), ".1f"),
                       _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("eval_loss"), ".4f")])

@@ -2,7 +2,7 @@ import pandas as pd
 
 from harness.aggregate import load_rows, tidy, write_report
 from harness.plots import pareto_front
-from harness.results import append_row
+from harness.results import append_row, read_rows
 
 
 def _row(run_id, method, repeat, peak, loss, step_ms, status="ok"):
@@ -62,3 +62,38 @@ def test_kernel_rows_get_a_table_of_variants_per_run(tmp_path):
     assert list(table["variant"]) == ["bf16_sdpa", "kivi_2bit"] * 2
     assert list(table["git_sha"]) == ["aaaaaaa"] * 2 + ["bbbbbbb"] * 2 and list(table["time_over_bf16"])[-1] == 1.5
     assert "| bbbbbbb | kivi_2bit | ok |" in (tmp_path / "report" / "table.md").read_text()
+
+
+def test_a_swept_setting_other_than_the_method_shows_in_every_table_and_label(tmp_path):
+    """A `-m train.batch_size=range(1,4)` sweep: three adamw lines that differ by batch size, each labelled with it
+    (not merged as repeats of one config, not three identical "adamw")."""
+    from harness.aggregate import to_markdown
+    from harness.plots import _labels
+    from harness.run import summary_table
+
+    path = tmp_path / "rows.jsonl"
+    for b in (1, 2, 3):
+        row = _row(f"b{b}", "adamw", 0, 100 * b, 2.0, 10.0 * b)
+        append_row(path, {**row, "batch_size": b, "overrides": [f"train.batch_size={b}", "run.device=cpu"]})
+    append_row(path, {**_row("x", "sgd", 0, 50, 3.0, 5.0), "overrides": ["run.device=cpu"]})
+    rows = [r for _, r in load_rows([path]).iterrows()]
+    console = summary_table([r.to_dict() for r in rows])
+    assert console.splitlines()[0].split()[:3] == ["model", "method", "settings"]
+    assert [line.split()[2] for line in console.splitlines()[1:5]] == [
+        "train.batch_size=1", "train.batch_size=2", "train.batch_size=3", "train.batch_size=-"]
+    table = tidy(load_rows([path]))
+    assert list(table["settings"]) == ["train.batch_size=1", "train.batch_size=2", "train.batch_size=3",
+                                       "train.batch_size=-"] and list(table["repeats"]) == [1, 1, 1, 1]
+    assert "| settings |" in to_markdown(table) and "| adamw |  | train.batch_size=2 |" in to_markdown(table)
+    assert _labels(table)[:2] == ["adamw train.batch_size=1", "adamw train.batch_size=2"]
+
+
+def test_a_sweep_of_methods_alone_has_no_settings_column(tmp_path):
+    from harness.aggregate import to_markdown
+    from harness.run import summary_table
+
+    path = tmp_path / "rows.jsonl"
+    for i, method in enumerate(("adamw", "sgd")):
+        append_row(path, {**_row(f"r{i}", method, 0, 100, 2.0, 10.0), "overrides": [f"method={method}", "run.device=cpu"]})
+    table = tidy(load_rows([path]))
+    assert "settings" not in to_markdown(table) and "settings" not in summary_table(read_rows(path))
