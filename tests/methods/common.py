@@ -24,32 +24,44 @@ def run_optimizer(optimizer, params, grads_per_step) -> None:
         optimizer.step()
 
 
-def train_linear_pair(method_a, method_b, steps: int = 20, device: str = "cpu"):
-    """Two identical small linear models trained on the same data by two optimizers, each given as (method module,
-    its option settings); returns (models, optimizers, losses)."""
+def train_linear(runs, steps: int = 20, device: str = "cpu"):
+    """Identical small linear models trained on the same data, one per run given as (method module, its option
+    settings); returns [(model, optimizer, per-step losses)], each loss taken before that step's update."""
     from harness.schema import parse
 
     torch.manual_seed(0)
-    models = [torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 256)).to(device) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    opts = [module.build([(f"mlp.{n}", p) for n, p in model.named_parameters()], parse(module.Options, settings, "m"),
-                         torch.device(device))
-            for model, (module, settings) in zip(models, (method_a, method_b), strict=True)]
+    models = [torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 256)).to(device) for _ in runs]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
     x = torch.randn(64, 256, device=device)
-    losses = [[], []]
-    for _ in range(steps):
-        for i in range(2):
-            loss = (models[i](x) - x).pow(2).mean()
+    trained = []
+    for model, (module, settings) in zip(models, runs, strict=True):
+        opt = module.build([(f"mlp.{n}", p) for n, p in model.named_parameters()],
+                           parse(module.Options, settings, "m"), torch.device(device))
+        losses = []
+        for _ in range(steps):
+            loss = (model(x) - x).pow(2).mean()
             loss.backward()
-            opts[i].step()
-            opts[i].zero_grad()
-            losses[i].append(loss.item())
-    return models, opts, losses
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        trained.append((model, opt, losses))
+    return trained
 
 
-def max_weight_gap(models) -> float:
-    return max(float((a - b).detach().abs().max()) for a, b in zip(models[0].parameters(), models[1].parameters(),
-                                                                      strict=True))
+def max_step_gap(a: list[float], b: list[float]) -> float:
+    """The largest difference between two loss curves at the same step."""
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def assert_losses_track(ours: list[float], theirs: list[float], full: list[float], share: float = 0.1) -> None:
+    """Per-step losses of two quantized versions of one rule (ours, the reference package's) and of the rule in full
+    precision: at every step ours and theirs differ by under `share` of the largest distance of theirs from full
+    precision — the noise that quantizing the state brings to the method itself. Both must train."""
+    noise = max_step_gap(theirs, full)
+    assert ours[-1] < ours[0] and theirs[-1] < theirs[0], (ours, theirs)
+    assert noise > 0, "the reference equals full precision: no quantization noise to measure parity against"
+    assert max_step_gap(ours, theirs) < share * noise, {"ours-theirs": max_step_gap(ours, theirs), "noise": noise}
 
 
 def assert_tracks_reference(params, optimizers, grads) -> None:

@@ -2,7 +2,7 @@
 import pytest
 
 from methods import galore8bit, galore_torch8bit
-from tests.methods.common import train_linear_pair
+from tests.methods.common import train_linear
 
 
 def test_needs_cuda():
@@ -13,6 +13,5 @@ def test_needs_cuda():
 def test_galore_torch8bit_trains_next_to_ours():
     pytest.importorskip("galore_torch")
     settings = {"lr": 1e-3, "rank": 8, "update_gap": 5}
-    models, opts, losses = train_linear_pair(
-        (galore_torch8bit, settings), (galore8bit, settings), device="cuda")
-    assert losses[0][-1] < losses[0][0] and losses[1][-1] < losses[1][0]
+    (_, _, theirs), (_, _, ours) = train_linear([(galore_torch8bit, settings), (galore8bit, settings)], device="cuda")
+    assert theirs[-1] < theirs[0] and ours[-1] < ours[0]
