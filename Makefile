@@ -12,18 +12,23 @@ ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install the project (torch only when it is not importable)
+# torch for a CPU machine: the one place it is pinned (the version the CPU baseline was measured with)
+TORCH_CPU ?= torch==2.13.0
+# every other package at the version the CPU baseline was measured with
+CONSTRAINTS ?= results/baselines/cpu-constraints.txt
 
-$(STAMP): pyproject.toml
+setup: $(STAMP) ## create .venv and install the project editable (torch only when it is not importable)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@if python3 -c "import torch" 2>/dev/null; then \
 	  echo "torch found on python3: the venv reuses it (--system-site-packages)"; \
 	  python3 -m venv --system-site-packages $(VENV); \
 	else \
 	  python3 -m venv $(VENV); \
-	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 \
-	    || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU) \
+	    || $(PY) -m pip install -q $(TORCH_CPU) --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
 
 bench: $(STAMP) ## run the default sweep for this machine (CPU or GPU sized), print the table, write the report
