@@ -99,7 +99,7 @@ KERNEL_COLUMNS = ["timestamp", "git_sha", "variant", "status", "vocab", "input_s
 
 
 def kernel_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Kernel benchmark rows (kernels/bench_*.py) as they are, one line per measured variant and run, oldest first:
+    """Kernel benchmark rows (harness/benches/) as they are, one line per measured variant and run, oldest first:
     each run's ratios belong together, and the git_sha column says which code measured them."""
     frame = frame.assign(git_sha=frame["git_sha"].astype(str).str[:7])
     return frame[[c for c in KERNEL_COLUMNS if c in frame and frame[c].notna().any()]].reset_index(drop=True)

@@ -14,7 +14,7 @@ torch's fused AdamW (moments in the parameter dtype). Requantization finds the n
           conversions through shared memory; below.)
 One launch serves up to LAUNCH_TENSORS tensors: each program finds its tensor by a binary search over a small table
 of first programs, and its storages by offsets from the first tensor's (in 16-byte units where aligned, so the
-compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, methods/quant.py.
+compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, kernels/quant.py.
 H200, LLaMA-1b shapes, each call after 150 ms of matmuls (bench_adamw8bit, interleaved with torch's fused AdamW):
 0.82 and 0.81 × its time at c081875 (one block a program), 0.794 and 0.788 × at b3abe9b and 653f89b (two); 0.91 ×
 after 400 ms (fdd0423); 0.72 × without a load. Two blocks a program against one: 0.802 against 0.841 × in the grid
@@ -37,8 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import to_device_async, triton_interpreted
-from methods.quant import dynamic_map, midpoints
+from membench_kernels.common import to_device_async, triton_interpreted
+from membench_kernels.quant import dynamic_map, midpoints
 
 # mantissa bits of the table key, the fewest with at most one midpoint per bucket (guess_table checks): the smaller
 # the table, the fewer L1 lines one warp's lookups touch
@@ -180,7 +180,7 @@ def _adamw8bit_kernel(p_base, g_base, m_codes_base, m_absmax_base, v_codes_base,
     v_absmax = tl.max(v, axis=1)
     # the floor is float32's smallest normal: a smaller literal (1e-38 was here) is typed fp64 by Triton, and with it
     # the division and everything after it
-    # × the block's reciprocal, correctly rounded (one division a block, not a value; methods/quant.py alike)
+    # × the block's reciprocal, correctly rounded (one division a block, not a value; kernels/quant.py alike)
     m_normalized = m * tl.math.div_rn(1.0, tl.maximum(m_absmax, 1.1754943508222875e-38))[:, None]
     v_normalized = v * tl.math.div_rn(1.0, tl.maximum(v_absmax, 1.1754943508222875e-38))[:, None]
     if BY_TABLE:

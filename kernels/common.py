@@ -1,6 +1,7 @@
-"""Triton kernels. Each is a trio sharing one name: kernels/<k>.py (kernel + autograd Function / functional),
-tests/kernels/test_<k>.py (plain-PyTorch reference, odd shapes, per-dtype tolerances; runs on CPU with
-TRITON_INTERPRET=1), kernels/bench_<k>.py (benchmark writing result rows)."""
+"""Helpers the Triton kernels share. The kernels are a trio sharing one name: kernels/<k>.py (kernel + autograd
+Function / functional), tests/kernels/test_<k>.py (plain-PyTorch reference, odd shapes, per-dtype tolerances; runs on
+CPU with TRITON_INTERPRET=1), harness/benches/bench_<k>.py (benchmark writing result rows). This folder installs as
+`membench_kernels` and imports neither `methods` nor `harness`."""
 import os
 
 import torch

@@ -18,7 +18,7 @@ The gradients are produced in the forward pass and scaled by the incoming gradie
 terminal). Memory beyond the two gradients: the R × C tile plus four floats per row. Nothing in the forward waits
 on the GPU (n_valid and the loss stay device tensors), so the host queues the next tiles while the GPU works.
 
-Two operating points (methods/fused_ce.py BUDGET, kernels/bench_fused_linear_ce.py), by the tile's bytes as a
+Two operating points (methods/fused_ce.py BUDGET, harness/benches/bench_fused_linear_ce.py), by the tile's bytes as a
 fraction of the gradients' (N + V) · D · 2 bytes: memory mode 1.6 % (tiles of 2048 tokens × a slice of the
 vocabulary, four matmuls but for the logits with a home), speed mode 29.5 % (whole rows but in the first tile, three
 matmuls). Optional gradient filtering (filter_eps, as cut-cross-entropy's default): pass 1 also keeps each row's
@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import cuda_time_ms, triton_runs_on
+from membench_kernels.common import cuda_time_ms, triton_runs_on
 
 MIN_FULL_ROWS = 512  # below this many whole rows per tile, slice the vocabulary instead (matmul efficiency)
 # tokens per tile when the vocabulary is sliced: every row tile re-reads and re-writes all of dW, every vocabulary

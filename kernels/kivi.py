@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import triton_runs_on
+from membench_kernels.common import triton_runs_on
 
 
 def _powers_of_two(*sizes: int) -> bool:

@@ -1,5 +1,5 @@
 """8-bit AdamW: AdamW (Loshchilov & Hutter, 2019) with both moments stored blockwise-quantized in 8 bits
-(Dettmers et al., 2022; methods/quant.py), block 256, dynamic-tree code books (signed for m, unsigned for v).
+(Dettmers et al., 2022; kernels/quant.py), block 256, dynamic-tree code books (signed for m, unsigned for v).
 
     m̃, ṽ = dequant(m_q), dequant(v_q)
     m = β1 m̃ + (1-β1) g,   v = β2 ṽ + (1-β2) g²,   θ ← θ(1 - lr λ) - lr (m / (1-β1^t)) / (√(v / (1-β2^t)) + ε)
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from membench_kernels.quant import BLOCK, dequantize, dynamic_map, quantize
 from methods.adamw import AdamHyperparameters
-from methods.quant import BLOCK, dequantize, dynamic_map, quantize
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def step_params(params: list[torch.Tensor], states: list[dict], group: dict, blo
         state["step"] += 1
         (fused if kernel and p.is_cuda else plain).append((p, state))
     if fused:
-        from kernels.adamw8bit import adamw8bit_step_many
+        from membench_kernels.adamw8bit import adamw8bit_step_many
 
         adamw8bit_step_many([p for p, _ in fused], [p.grad for p, _ in fused], [s for _, s in fused], *hyper,
                             [s["step"] for _, s in fused], block=block_size, **(kernel_options or {}))
@@ -60,7 +60,7 @@ def step_tensor(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block
     """One 8-bit AdamW update of tensor p in place from grad, with the 8-bit moments in `state`; kernel_options
     (rows, num_warps, nearest) is passed to the kernel's launch."""
     if kernel and p.is_cuda:
-        from kernels.adamw8bit import adamw8bit_step
+        from membench_kernels.adamw8bit import adamw8bit_step
 
         adamw8bit_step(p, grad, state, lr, beta1, beta2, eps, weight_decay, step, block=block_size,
                        **(kernel_options or {}))

@@ -53,7 +53,7 @@ def install_loss(model: torch.nn.Module, loss_fn) -> torch.nn.Module:
 
 
 def apply(model: torch.nn.Module, options: Options, device: torch.device) -> torch.nn.Module:
-    from kernels.fused_linear_ce import fused_linear_cross_entropy
+    from membench_kernels.fused_linear_ce import fused_linear_cross_entropy
 
     def loss_fn(h, weight, targets):
         return fused_linear_cross_entropy(h, weight, targets, ignore_index=options.ignore_index,

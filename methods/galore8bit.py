@@ -1,5 +1,5 @@
 """8-bit GaLore (Zhao et al., 2024, §4.3): GaLore whose low-rank Adam moments are stored blockwise-quantized in
-8 bits (the code books and blocks of methods/quant.py), so a projected m × n matrix keeps 2 × r × n bytes of
+8 bits (the code books and blocks of kernels/quant.py), so a projected m × n matrix keeps 2 × r × n bytes of
 moments (+ absmax) instead of 2 × 4 × r × n. The update rule is GaLore's (methods/galore.py) with m, v passing
 through quantize → dequantize between steps; the parameters outside the subspace get 8-bit AdamW
 (methods/adamw8bit.py), as in the paper's 8-bit GaLore (built on bitsandbytes' 8-bit AdamW).
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from membench_kernels.quant import BLOCK
 from methods import adamw8bit
 from methods.galore import GaLoreAdamW, check_rank, split_groups
 from methods.galore import Options as GaLoreOptions
-from methods.quant import BLOCK
 
 
 @dataclass(frozen=True)

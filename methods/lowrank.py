@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels import to_device_async
+from membench_kernels.common import to_device_async
 from methods.adamw import AdamHyperparameters
 
 BATCH_BYTES = 128 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)

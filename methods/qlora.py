@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from membench_kernels.quant import nf4_dequantize, nf4_quantize
 from methods.lora import Options as LoRAOptions
 from methods.lora import add_adapters
-from methods.quant import nf4_dequantize, nf4_quantize
 
 
 @dataclass(frozen=True)

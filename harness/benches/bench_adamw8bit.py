@@ -2,12 +2,12 @@
 AdamW (moments in the parameter dtype), our 8-bit AdamW (Triton kernel), and the reference 8-bit optimizers where installed
 (bitsandbytes AdamW8bit, torchao AdamW8bit). Reports step time (median of repeats, ratio to torch fused, all in one
 run; torch's, ours and the references timed in interleaved rounds, so that a drift of the GPU's clock weighs on all
-alike, each step after --load-ms of matmuls as after a backward pass: benchmark.matmul_load; 0: none) and
+alike, each step after --load-ms of matmuls as after a backward pass: timing.matmul_load; 0: none) and
 optimizer-state bytes per parameter (storages, subclasses through their inner tensors). The kernel's option grid
 (ours_kernel_*) is timed one variant at a time, each interleaved with torch's step: its ratio is to torch's time in
 those rounds (torch_step_ms_in_pair).
 
-    python -m kernels.bench_adamw8bit [--model llama_1b] [--dtype bf16] [--repeats 20]
+    python -m harness.benches.bench_adamw8bit [--model llama_1b] [--dtype bf16] [--repeats 20]
 """
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ import torch
 import yaml
 
 from harness import CONF_DIR
-from harness.probes import optimizer_state_tensors, storage_bytes
-from kernels.adamw8bit import NUM_WARPS, ROWS
-from kernels.benchmark import (
+from harness.benches.timing import (
     interleaved_time_ms,
     matmul_load,
     print_table,
@@ -28,6 +26,8 @@ from kernels.benchmark import (
     step_fields,
     write_rows,
 )
+from harness.probes import optimizer_state_tensors, storage_bytes
+from membench_kernels.adamw8bit import NUM_WARPS, ROWS
 from methods.adamw8bit import AdamW8bit
 
 
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--load-ms", type=float, default=150.0,
-                        help="ms of bf16 matmuls before every timed call (benchmark.matmul_load); 0: none")
+                        help="ms of bf16 matmuls before every timed call (timing.matmul_load); 0: none")
     parser.add_argument("--profile", nargs="+", metavar="VARIANT",
                         help="print these variants' per-kernel time tables instead of benchmarking")
     args = parser.parse_args(argv)

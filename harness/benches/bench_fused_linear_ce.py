@@ -6,14 +6,14 @@ before; the lower bound is the two gradients, (N + V) · D · 2 bytes. What a va
 for good (workspaces, caches: eager's 64 MiB at vocab 128256 on an H200) is reported beside it
 (kept_after_first_call), not in the peak. Time is the median of repeats (synchronized), timed in rounds that run
 every variant once (a drift of the GPU's clock weighs on all alike), each call after --load-ms of bf16 matmuls
-(benchmark.matmul_load: as a model's layers precede its head, so that every variant starts from the loaded,
+(timing.matmul_load: as a model's layers precede its head, so that every variant starts from the loaded,
 power-capped clock instead of its predecessor's; 0: none, each call follows the one before). On CUDA each variant is
 timed twice, in two sets of rounds: step_ms from the host's clock around a synchronized call (the host's work before
 the first kernel and after the last counts), stream_ms between CUDA events, the call queued behind the load
-(benchmark.interleaved_time_ms in_stream: the host's work overlaps the load, as it overlaps a model's layers).
+(timing.interleaved_time_ms in_stream: the host's work overlaps the load, as it overlaps a model's layers).
 Writes rows to results/runs/kernels/fused_linear_ce.rows.jsonl and prints the table with ratios.
 
-    python -m kernels.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
+    python -m harness.benches.bench_fused_linear_ce [--tokens 8192] [--hidden 4096] [--vocab 128256 32000 256000]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from kernels.benchmark import (
+from harness.benches.timing import (
     allocated_bytes,
     interleaved_time_ms,
     matmul_load,
@@ -33,7 +33,7 @@ from kernels.benchmark import (
     step_fields,
     write_rows,
 )
-from kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
+from membench_kernels.fused_linear_ce import fused_linear_cross_entropy, tile_shape
 from methods.fused_ce import BUDGET, FILTER_EPS
 
 
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     # 0.22 gives std ~3, peaked like a trained head's, where they skip far less
     parser.add_argument("--input-scale", type=float, default=0.05, help="std of the random hidden states and weight")
     parser.add_argument("--load-ms", type=float, default=150.0,
-                        help="ms of bf16 matmuls before every timed call (benchmark.matmul_load); 0: none")
+                        help="ms of bf16 matmuls before every timed call (timing.matmul_load); 0: none")
     parser.add_argument("--profile", nargs="+", metavar="VARIANT",
                         help="print these variants' per-kernel time tables instead of benchmarking")
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ the fp16 residual) against torch's scaled_dot_product_attention over the bf16 ca
 from a CUDA graph (the GPU's time alone); on CUDA also the 2-bit decode at other tokens-per-step and warps of the
 kernel (rows kivi_2bit_t<tokens>_w<warps>), to choose its defaults.
 
-    python -m kernels.bench_kivi [--tokens 4096] [--heads 32] [--head-dim 128] [--group 128]
+    python -m harness.benches.bench_kivi [--tokens 4096] [--heads 32] [--head-dim 128] [--group 128]
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from harness.benches.timing import graph_time_ms, print_table, time_ms, write_rows
 from harness.probes import storage_bytes
-from kernels.benchmark import graph_time_ms, print_table, time_ms, write_rows
-from kernels.kivi import KIVICache, kivi_decode_attention
+from membench_kernels.kivi import KIVICache, kivi_decode_attention
 
 
 def main(argv=None) -> None:

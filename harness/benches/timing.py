@@ -16,7 +16,7 @@ import torch
 from harness import PROJECT_ROOT
 from harness.provenance import cuda_state, git_state, host_state
 from harness.results import append_row
-from kernels import cuda_time_ms
+from membench_kernels.common import cuda_time_ms
 
 
 def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels.benchmark import interleaved_time_ms
+from harness.benches.timing import interleaved_time_ms
 
 
 def test_interleaved_rounds_call_every_variant_once_per_round():
@@ -22,7 +22,7 @@ def test_the_load_runs_before_every_timed_call_and_not_in_warm_up():
 
 
 def test_matmul_load_is_for_gpus_only():
-    from kernels.benchmark import matmul_load
+    from harness.benches.timing import matmul_load
 
     assert matmul_load(torch.device("cpu")) is None
 
@@ -30,14 +30,14 @@ def test_matmul_load_is_for_gpus_only():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_matmul_load_lasts_about_what_it_was_asked():
-    from kernels.benchmark import matmul_load, time_ms
+    from harness.benches.timing import matmul_load, time_ms
 
     load = matmul_load(torch.device("cuda"), ms=20.0)
     assert 15.0 <= time_ms(load, torch.device("cuda"), repeats=5)[0] <= 30.0
 
 
 def test_kernel_timeline_counts_the_idle_time_between_kernels():
-    from kernels.benchmark import kernel_timeline
+    from harness.benches.timing import kernel_timeline
 
     kernels = [{"ts": 250, "dur": 50}, {"ts": 100, "dur": 100}, {"ts": 210, "dur": 30}]  # out of order, as traced
     assert kernel_timeline(kernels) == ("3 kernels: busy 0.18 ms of a 0.20 ms span, idle 0.02 ms between them "
@@ -58,7 +58,7 @@ def test_in_stream_timing_off_cuda_is_the_synchronized_timing():
 def test_in_stream_timing_leaves_out_host_work_that_overlaps_the_load():
     import time
 
-    from kernels.benchmark import matmul_load
+    from harness.benches.timing import matmul_load
 
     device = torch.device("cuda")
     load, x = matmul_load(device, ms=40.0), torch.zeros(1, device=device)

@@ -5,8 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import triton_interpreted
-from kernels.adamw8bit import (
+from membench_kernels.adamw8bit import (
     _nearest_code,
     _nearest_code_table,
     _tables,
@@ -14,8 +13,9 @@ from kernels.adamw8bit import (
     adamw8bit_step_many,
     guess_table,
 )
+from membench_kernels.common import triton_interpreted
+from membench_kernels.quant import dynamic_map, midpoints
 from methods.adamw8bit import _step_torch, init_state
-from methods.quant import dynamic_map, midpoints
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -105,28 +105,6 @@ def test_kernel_rejects_non_power_of_two_block():
     state = init_state(p, 24)
     with pytest.raises(ValueError, match="power-of-two"):
         adamw8bit_step(p, p.clone(), state, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, block=24)
-
-
-def test_benchmark_writes_rows(tmp_path, monkeypatch):
-    from harness.results import read_rows
-    from kernels import bench_adamw8bit, benchmark
-
-    monkeypatch.setattr(benchmark, "PROJECT_ROOT", tmp_path)
-    bench_adamw8bit.main(["--model", "llama_tiny", "--repeats", "2", "--dtype", "fp32"])
-    rows = {r["variant"]: r for r in read_rows(tmp_path / "results" / "runs" / "kernels" / "adamw8bit.rows.jsonl")}
-    assert rows["torch_adamw_fused"]["ratio_to_torch_fused"] == 1.0
-    ours = rows["ours_adamw8bit"]
-    assert ours["status"] == "ok" and 2.0 < ours["state_bytes_per_param"] <= 2.05
-
-
-def test_benchmark_profile_prints_tables_and_writes_no_rows(tmp_path, monkeypatch, capsys):
-    from kernels import bench_adamw8bit, benchmark
-
-    monkeypatch.setattr(benchmark, "PROJECT_ROOT", tmp_path)
-    bench_adamw8bit.main(["--model", "llama_tiny", "--dtype", "fp32", "--profile", "torch_adamw_fused"])
-    out = capsys.readouterr().out
-    assert "--- torch_adamw_fused" in out and "aten::" in out and "--- ours_adamw8bit" not in out
-    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("signed,key_bits", [(True, 6), (True, 8), (False, 7), (False, 8), (True, None),

@@ -5,8 +5,8 @@ import torch
 
 from harness.probes import optimizer_state_tensors, storage_bytes
 from harness.schema import parse
+from membench_kernels.quant import dequantize, dynamic_map, quantize
 from methods import adamw8bit
-from methods.quant import dequantize, dynamic_map, quantize
 from tests.methods.common import DEVICES, assert_tracks_reference, gradient_sequence, make_params, run_optimizer
 
 

@@ -4,8 +4,8 @@ import torch
 
 from harness.probes import optimizer_state_tensors, storage_bytes
 from harness.schema import parse
+from membench_kernels.quant import dynamic_map
 from methods import adamw8bit, galore, galore8bit
-from methods.quant import dynamic_map
 from tests.methods import lowrank_reference as ref
 from tests.methods.common import assert_tracks_reference, run_optimizer
 from tests.methods.test_adamw8bit import plain_roundtrip

@@ -4,9 +4,9 @@ subspace stays put."""
 import torch
 
 from harness.schema import parse
+from membench_kernels.quant import dynamic_map
 from methods import int8_weights, qgalore
 from methods.int8_weights import Int8Linear, dequantize_int8, quantize_int8
-from methods.quant import dynamic_map
 from tests.methods import lowrank_reference as ref
 from tests.methods.test_adamw8bit import plain_roundtrip
 

@@ -5,8 +5,8 @@ import torch
 from harness.models import build_model
 from harness.probes import LiveTensorProbe, model_tensors, storage_bytes
 from harness.schema import parse
+from membench_kernels.quant import NF4, nf4_dequantize, nf4_quantize
 from methods import lora, qlora
-from methods.quant import NF4, nf4_dequantize, nf4_quantize
 from tests.methods.test_lora import SPEC
 
 
