@@ -9,25 +9,13 @@ torch's fused AdamW (moments in the parameter dtype). Requantization finds the n
   table:  the float's top 9 + k bits (sign, exponent, k mantissa bits; k = 6 for m, 7 for v) index a table whose
           int32 entry packs #{midpoints below the bucket} (buckets narrower than the code book's spacing, so at most
           one midpoint lies inside one) and that next midpoint's low 23 − k bits: a shift, one gather and an integer
-          comparison. (Two gathers before, the second from the midpoints: ncu on the H200, at its 1.5 GHz loaded
-          clock, found the kernel bound by L1 throughput, 94 %, with DRAM at 31 %: gathers and, it turned out, layout
-          conversions through shared memory; below.)
+          comparison.
 One launch serves up to LAUNCH_TENSORS tensors: each program finds its tensor by a binary search over a small table
 of first programs, and its storages by offsets from the first tensor's (in 16-byte units where aligned, so the
 compiler can prove what vector loads need). Rule and code books: methods/adamw8bit.py, kernels/quant.py.
-H200, LLaMA-1b shapes, each call after 150 ms of matmuls (bench_adamw8bit, interleaved with torch's fused AdamW):
-0.82 and 0.81 × its time at c081875 (one block a program), 0.794 and 0.788 × at b3abe9b and 653f89b (two); 0.91 ×
-after 400 ms (fdd0423); 0.72 × without a load. Two blocks a program against one: 0.802 against 0.841 × in the grid
-at 653f89b, each variant interleaved with torch's step (the grids before timed variants alone). What got it
-there, in turn: one launch for many tensors, per-block reciprocals instead of per-value
-divisions (−5 %), the direct key, the GPU's own bf16 rounding (1.090 → 1.010 × at full clock); the packed table
-(1.142 → 1.111 × under load); the gathers by inline asm (1.09–1.11 → 0.81–0.82 ×): ncu's per-instruction counters
-showed Triton 3.6 giving tl.load gathers a layout of one value a thread and converting θ, g, codes and results to
-it and back through shared memory (an offline sm_90 compile: 1008 SASS instructions a program, 824 without; Triton
-3.9 does not do it). No faster in the grid: more warps or blocks a program (0.83–0.99 ×). Slower: the binary
-search (2.1 ×), the code books' closed form instead of their gather (exact for all 256 codes, (18p − 16·2^e + 9)·
-5^e·C for magnitude rank p, e = ⌊log2 p⌋, C = 5e-8 or 5e-9; 1.24 × in fp64 and 1.32 × in fp32 against the gather's
-1.13 ×, SM-bound; 9a1c454), and the nearest code from the map's structure.
+On an H200 at LLaMA-1b shapes, each call after 150 ms of matmuls, a step takes 0.79–0.82 × the time of torch's fused
+AdamW (harness/benches/bench_adamw8bit.py); docs/kernels.md gives the figures, the grid of blocks and warps a program,
+and what was measured not to help (tl.load gathers, the binary search, the code books' closed form).
 """
 from __future__ import annotations
 

@@ -25,11 +25,8 @@ matmuls). Optional gradient filtering (filter_eps, as cut-cross-entropy's defaul
 largest logit per vocabulary slice, and pass 2 skips a slice where softmax < filter_eps for every row of the tile —
 its logits are not recomputed and its two gradient matmuls not run — then adds the targets' −1 that fell in skipped
 slices sparsely (an approximate gradient: each dropped value is below filter_eps / n_valid).
-Tried and dropped: pass 1 of the next row tile on a side CUDA stream during this one's pass 2, to fill pass 2's
-launch gaps (~3 ms of idle GPU a memory-mode step): the two streams' matmuls slowed each other, 59.5 against 53.9 ms
-at LLaMA-3 shapes on an H200 (45.1 against 16.4 at vocab 32000; stop 16's rows in results/h200/kernels). The row
-kernels in a Triton GEMM's epilogue: that GEMM (TMA loads, persistent: 1.015 × cuBLAS's z plain) ran 1.13 × with the
-statistics and 1.10 × with the gradient, no better than cuBLAS plus the separate kernel (README).
+Targets, figures and what was measured not to help (the next row tile's pass 1 on a side stream, whose matmuls slow
+this one's; the row kernels in a Triton GEMM's epilogue, slower than cuBLAS plus a separate kernel): docs/kernels.md.
 """
 from __future__ import annotations
 
