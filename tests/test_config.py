@@ -1,4 +1,5 @@
 """Every YAML composes and validates; bad input fails at planning with one line."""
+import itertools
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,8 @@ def test_every_yaml_composes(group, option, results_dir, tmp_path):
 @pytest.mark.parametrize("path", sorted(CONF_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF_DIR)))
 def test_yaml_header_says_how_to_run_and_name_matches(path: Path):
     text = path.read_text()
-    assert text.startswith("#") and "python -m harness.run" in text.split("\n\n")[0] or \
-        "python -m harness.run" in "\n".join(line for line in text.splitlines() if line.startswith("#")), \
-        f"{path} needs a header comment showing how to run it"
+    header = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())  # the leading comment lines
+    assert "python -m harness.run" in "\n".join(header), f"{path} needs a header comment showing how to run it"
     data = yaml.safe_load(text)
     if path.parent != CONF_DIR and path.parent.name != "sweep":
         assert data["name"] == path.stem, f"{path}: name must equal the file name"

@@ -24,5 +24,8 @@ def test_sgd_matches_the_rule_with_and_without_momentum():
                 theta[i] = theta[i] - 0.05 * d
         for p, e in zip(params, theta, strict=True):
             torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-12)
-        assert (len(optimizer.state) == 0) == (momentum == 0.0) or all(
-            s.get("momentum_buffer") is None for s in optimizer.state.values()) == (momentum == 0.0)
+        if momentum:  # one buffer per parameter, the rule's b
+            for p, b in zip(params, buf, strict=True):
+                torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], b, rtol=1e-12, atol=1e-12)
+        else:
+            assert not optimizer.state
