@@ -78,14 +78,14 @@ def llama_weight_count(model) -> int:
     return 2 * model.vocab_size * h + model.num_hidden_layers * (4 * h * h + 3 * h * i + 2 * h) + h
 
 
-# the fewest bytes a weight takes: auto is fp32 on CPU and bf16 on a GPU that has it (harness.train.resolve_dtype)
 BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "fp16": 2}
-AUTO_BYTES = {True: 4, False: 2}  # by on_cpu
 
 
 def check_weights_fit(spec, on_cpu: bool) -> None:
     """Planning: refuse a LLaMA whose weights alone exceed the host memory limit (a CPU job) or gpu.memory_bytes (a
-    GPU job on a named GPU); gradients, optimizer state and activations only add to them."""
+    GPU job on a named GPU). The model is built in train.dtype before any transform quantizes it, and gradients,
+    optimizer state and activations only add to it; train.dtype=auto counts the fewest bytes it may mean (fp32 on
+    CPU, bf16 on a GPU that has it: harness.train.resolve_dtype)."""
     from harness.schema import ConfigError, LlamaSpec
 
     if on_cpu:
@@ -97,7 +97,7 @@ def check_weights_fit(spec, on_cpu: bool) -> None:
     if limit is None or not isinstance(spec.model, LlamaSpec):
         return
     count = llama_weight_count(spec.model)
-    need = count * BYTES_PER_WEIGHT.get(spec.train.dtype, AUTO_BYTES[on_cpu])
+    need = count * BYTES_PER_WEIGHT.get(spec.train.dtype, 4 if on_cpu else 2)
     if need > limit:
         raise ConfigError(f"model {spec.model.name}'s weights alone take {need / GIB:.1f} GiB "
                           f"({count / 1e9:.2f} B parameters, train.dtype={spec.train.dtype}), over the "

@@ -10,7 +10,7 @@ from harness.worker import _gpu_figures
                                                  ("Some Future GPU", "unknown")])
 def test_gpu_auto_finds_datasheet_figures(nvml_name, expected):
     record = {"gpu_name": nvml_name}
-    _gpu_figures(SimpleNamespace(gpu=SimpleNamespace(name="auto")), record)
+    _gpu_figures(SimpleNamespace(gpu=SimpleNamespace(name="auto", peak_bf16_flops=None)), record)
     assert record["gpu"] == expected
     if expected != "unknown":
         assert isinstance(record["gpu_peak_bf16_flops"], float) and record["gpu_peak_bf16_flops"] > 1e13
