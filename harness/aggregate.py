@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import PROJECT_ROOT
+from harness.config import OPERATIONAL_KEYS
 from harness.results import COLUMNS, read_rows
 
 GROUP_KEYS = ["model", "dataset", "method", "scenario", "gpu", "device", "dtype", "batch_size", "seq_len"]
@@ -25,10 +26,12 @@ def _settings_of(row: dict) -> dict[str, str]:
 
 def swept_keys(rows: list[dict], own_columns=("model", "method")) -> list[str]:
     """The sweep's axes that have no column of their own: the override keys whose values differ across the rows
-    (a `train.batch_size=range(1,4)` sweep gives train.batch_size)."""
+    (a `train.batch_size=range(1,4)` sweep gives train.batch_size), except the keys that change how a job runs, not
+    what it measures (OPERATIONAL_KEYS: rows that differ only there are repeats of one config)."""
     settings = [_settings_of(r) for r in rows]
     keys = dict.fromkeys(k for s in settings for k in s)
-    return [k for k in keys if k not in own_columns and len({s.get(k) for s in settings}) > 1]
+    return [k for k in keys if k not in own_columns and k not in OPERATIONAL_KEYS
+            and len({s.get(k) for s in settings}) > 1]
 
 
 def settings_label(row: dict, keys: list[str]) -> str:

@@ -97,3 +97,12 @@ def test_a_sweep_of_methods_alone_has_no_settings_column(tmp_path):
         append_row(path, {**_row(f"r{i}", method, 0, 100, 2.0, 10.0), "overrides": [f"method={method}", "run.device=cpu"]})
     table = tidy(load_rows([path]))
     assert "settings" not in to_markdown(table) and "settings" not in summary_table(read_rows(path))
+
+
+def test_keys_that_change_how_a_job_runs_are_no_setting(tmp_path):
+    """Rows that differ only in run.timeout_s (an operational key, not part of run_id) are repeats of one config."""
+    path = tmp_path / "rows.jsonl"
+    for i, timeout in enumerate((100, 200)):
+        append_row(path, {**_row(f"r{i}", "adamw", i, 100, 2.0, 10.0), "overrides": [f"run.timeout_s={timeout}"]})
+    table = tidy(load_rows([path]))
+    assert list(table["settings"]) == [""] and list(table["repeats"]) == [2]
