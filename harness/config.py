@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -30,7 +32,7 @@ from harness.schema import ConfigError, JobSpec, TextSpec
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
-OPERATIONAL_KEYS = ("run.force", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
+OPERATIONAL_KEYS = ("run.force", "run.retry_failed", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
                     "run.host_memory_limit_gib")
 
 
@@ -80,13 +82,31 @@ def _parse(overrides: list[str]):
         raise ConfigError(f"malformed override: {str(e).strip().splitlines()[0]}") from None
 
 
+def _values(o) -> list[str]:
+    """The values an override takes: one, a sweep's (`a,b`, `range(…)`), or a config group's options that match a
+    glob (`glob(*)`, `glob([a*,b*],exclude=…)`, expanded against the group's YAML files as Hydra does)."""
+    if not o.is_sweep_override():
+        return [o.get_value_element_as_str()]
+    if not isinstance(o.value(), Glob):
+        return list(o.sweep_string_iterator())
+    key = o.key_or_group
+    if key not in GROUPS:
+        raise ConfigError(f"'{o.input_line}': glob(...) selects options of a config group ({', '.join(GROUPS)}); "
+                          f"for {key} list the values instead (a,b,c) or use range(...)")
+    matched = o.value().filter(list(group_options(key)))
+    if not matched:
+        raise ConfigError(f"'{o.input_line}' matches no {key}; allowed {key}s: {', '.join(group_options(key))}")
+    return matched
+
+
 def _check_group_values(parsed) -> None:
     for o in parsed:
         key = o.key_or_group
         if key not in GROUPS or o.is_delete():
             continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        for value in values:
+        if key == "sweep" and o.is_sweep_override():
+            raise ConfigError(f"'{o.input_line}': sweep= names one sweep; run each named sweep by itself")
+        for value in _values(o):
             if value not in group_options(key):
                 raise ConfigError(f"unknown {key} '{value}'; allowed {key}s: {', '.join(group_options(key))}")
 
@@ -109,8 +129,7 @@ def _expand(parsed) -> list[list[str]]:
     axes = []
     for o in parsed:
         key = o.get_key_element()
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        axes.append([f"{key}={v}" for v in values])
+        axes.append([f"{key}={v}" for v in _values(o)])
     return [list(combo) for combo in itertools.product(*axes)]
 
 
@@ -198,12 +217,39 @@ def nvidia_gpu_count() -> int:
         return 0
 
 
-def _check_results_dir(path: Path) -> None:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"run.results_dir={path} is not writable (checked {probe})")
+# The longest name a job writes in its folder (write_json_atomic's temp file of result.json).
+_LONGEST_FILE_NAME = "result.json.tmp"
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        try:
+            os.stat(candidate)
+            return candidate
+        except OSError:  # missing, or a name too long to look up: try its parent
+            continue
+    return Path(path.anchor)
+
+
+def _check_job_dir(job_dir: Path, results_dir: Path) -> None:
+    """The job's folder can be made: every name in its path fits the file system, and the folders above it exist as
+    writable folders or can be created. Tried by making (and removing) a scratch folder in the nearest existing one,
+    because permission bits say nothing about root or about read-only mounts."""
+    probe = _nearest_existing(job_dir)
+    limits = {n: os.pathconf(probe, n) if probe.is_dir() else 255 for n in ("PC_NAME_MAX", "PC_PATH_MAX")}
+    for part in job_dir.relative_to(probe).parts:
+        if len(part.encode()) > limits["PC_NAME_MAX"]:
+            key = "sweep.name" if part == job_dir.parent.name else "run.results_dir"
+            raise ConfigError(f"{key}: the folder name '{part[:40]}…' is {len(part.encode())} bytes; the file system "
+                              f"at {probe} allows {limits['PC_NAME_MAX']}")
+    longest = len(str(job_dir / _LONGEST_FILE_NAME).encode())
+    if longest >= limits["PC_PATH_MAX"]:
+        raise ConfigError(f"run.results_dir={results_dir} makes file paths of {longest} bytes; the file system "
+                          f"allows {limits['PC_PATH_MAX'] - 1}; use a shorter results folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".membench-probe-", dir=probe))
+    except OSError as e:
+        raise ConfigError(f"run.results_dir={results_dir} is not writable: {e.strerror} (at {probe})") from None
 
 
 def run_id_of(config: dict, repeat: int) -> str:
@@ -271,11 +317,12 @@ def plan(argv: list[str]) -> list[Job]:
         _resolve_auto_rank(config)
         spec = JobSpec.from_dict(config)
         _cross_check(spec, config)
-        _check_results_dir(_resolve_path(spec.run.results_dir))
-        sweep_dir = _resolve_path(spec.run.results_dir) / spec.sweep.name
+        results_dir = _resolve_path(spec.run.results_dir)
+        sweep_dir = results_dir / spec.sweep.name
         for repeat in range(spec.run.repeats):
             run_id = run_id_of(config, repeat)
             job_dir = sweep_dir / f"{dirname_of(combo)}-r{repeat}"
+            _check_job_dir(job_dir, results_dir)
             jobs.append(Job(spec, config, tuple(combo), repeat, run_id, job_dir))
     seen = {}
     for job in jobs:

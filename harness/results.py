@@ -1,15 +1,19 @@
 """Result rows: one JSON object per job, appended atomically to `<results_dir>/<sweep>/rows.jsonl`.
 
 Append = one `write()` of one complete line on an O_APPEND descriptor, then fsync: concurrent writers never
-interleave and a killed writer leaves at most a torn last line, which `read_rows` reports and skips.
+interleave and a killed writer leaves at most a torn last line, which `read_rows` reports and skips. A write that
+fails (a full disk, a folder turned read-only) is cut back off, and a failed atomic write leaves no temp file: the
+rows already written stay as they were. One sweep at a time writes a sweep folder (`sweep_lock`).
 Memory numbers are int bytes; non-finite floats are stored as null.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 STATUSES = ("ok", "oom", "timeout", "error", "diverged", "skipped", "interrupted")
@@ -46,12 +50,26 @@ def append_row(path: Path, row: dict) -> None:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # a torn line from a killed writer: start ours on a fresh line
-        written = os.write(fd, line)
-        if written != len(line):
-            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
-        os.fsync(fd)
+        try:
+            while line:  # a short write (a disk filling up) goes on until the rest is written or fails with a reason
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        except OSError:
+            _undo_append(fd, path, size)
+            raise
     finally:
         os.close(fd)
+
+
+def _undo_append(fd: int, path: Path, size: int) -> None:
+    """Cut a failed append back off (the sweep's lock keeps other writers out); a file it created goes again."""
+    try:
+        if size:
+            os.ftruncate(fd, size)
+        else:
+            path.unlink()
+    except OSError:  # a read-only file system refuses this too; read_rows skips a torn last line
+        pass
 
 
 def read_rows(path: Path, warn=True) -> list[dict]:
@@ -76,9 +94,53 @@ def read_rows(path: Path, warn=True) -> list[dict]:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
+    """`path` holds the whole of `data` or what it held before, never a part; no temp file is left either way."""
+    text = json.dumps(_clean(data), indent=1, allow_nan=False)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_clean(data), f, indent=1, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class SweepRefused(RuntimeError):
+    """The sweep cannot start on its folder: the folder cannot be created, or another sweep holds it."""
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path):
+    """Create the sweep folder and hold its lock (`<sweep_dir>/.lock`, which names the holder's PID) while the block
+    runs; raise SweepRefused where it cannot. flock is released by the kernel when its holder dies, so a killed sweep
+    leaves no stale lock, and the descriptor is not inherited by the job processes."""
+    lock_path = sweep_dir / ".lock"
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise SweepRefused(f"cannot create the sweep folder {sweep_dir}: {describe(e)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SweepRefused(f"sweep folder {sweep_dir} is in use by another sweep (PID {holder} holds "
+                               f"{lock_path}); wait for it to end, or pick another sweep.name or run.results_dir"
+                               ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            raise SweepRefused(f"cannot write in the sweep folder {sweep_dir}: {describe(e)}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def describe(error: OSError) -> str:
+    """An OSError as a phrase: what went wrong and on which path (no errno number)."""
+    return f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")

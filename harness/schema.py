@@ -104,6 +104,7 @@ class RunSpec:
     repeats: int
     timeout_s: float
     force: bool
+    retry_failed: bool
     results_dir: str
     busy_gpu: Literal["flag", "refuse", "ignore"]
     live_tensor_probe: bool
