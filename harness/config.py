@@ -236,7 +236,8 @@ def _check_job_dir(job_dir: Path, results_dir: Path) -> None:
     writable folders or can be created. Tried by making (and removing) a scratch folder in the nearest existing one,
     because permission bits say nothing about root or about read-only mounts."""
     probe = _nearest_existing(job_dir)
-    limits = {n: os.pathconf(probe, n) if probe.is_dir() else 255 for n in ("PC_NAME_MAX", "PC_PATH_MAX")}
+    folder = probe if probe.is_dir() else probe.parent  # a file where a folder must go fails below, with its reason
+    limits = {n: os.pathconf(folder, n) for n in ("PC_NAME_MAX", "PC_PATH_MAX")}
     for part in job_dir.relative_to(probe).parts:
         if len(part.encode()) > limits["PC_NAME_MAX"]:
             key = "sweep.name" if part == job_dir.parent.name else "run.results_dir"

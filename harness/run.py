@@ -5,7 +5,12 @@ Examples:
   python -m harness.run -m method=adamw,sgd,adafactor 'method.transforms=[],[checkpointing]'
   python -m harness.run sweep=default_cpu            (a named sweep from conf/sweep/)
   python -m harness.run --cfg job -m method=adamw,sgd (print each job's composed config; nothing runs)
-A job whose row already exists in the sweep's rows.jsonl is skipped (resume); run.force=true reruns it.
+A job whose row already exists in the sweep's rows.jsonl is skipped (resume); run.retry_failed=true reruns the
+jobs whose row is not `ok`, run.force=true reruns every job. Two sweeps cannot run in one sweep folder at once.
+
+Exit codes: 0 every job ended ok; 1 some job did not (error, oom, timeout, diverged or skipped: the last line names
+them); 2 nothing ran: bad input, a sweep folder that cannot be created, or one another sweep is running in;
+3 results could not be written (a full disk, a read-only folder): the rows already written are kept; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import json
 import signal
 import sys
 from collections import Counter
+from contextlib import ExitStack
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -20,7 +26,7 @@ from tqdm import tqdm
 from harness.config import GROUPS, ConfigError, default_config, group_options, plan
 from harness.launch import Interrupted, run_job, stop_servers
 from harness.provenance import git_state
-from harness.results import append_row, read_rows, write_json_atomic
+from harness.results import SweepRefused, append_row, describe, read_rows, sweep_lock, write_json_atomic
 
 
 def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
@@ -88,26 +94,37 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def run_sweep(jobs, progress: bool = True) -> list[dict]:
+    """Run the jobs that have no row yet (or must rerun) and return every job's row. Raises SweepRefused before any
+    job runs, OSError when a result cannot be written."""
     provenance = git_state()
     rows = []
-    # each sweep's existing rows, read once (a torn line is reported once, not once per job); an interrupted job
-    # is run again
-    done = {r["run_id"]: r for d in {job.sweep_dir for job in jobs} for r in read_rows(d / "rows.jsonl")
-            if r.get("status") != "interrupted"}
-    bar = tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
-    try:
-        _run_jobs(bar, done, provenance, rows)
-    finally:
-        stop_servers()
+    with ExitStack() as stack:
+        sweep_dirs = sorted({job.sweep_dir for job in jobs})
+        for sweep_dir in sweep_dirs:
+            stack.enter_context(sweep_lock(sweep_dir))
+        stack.callback(stop_servers)
+        # each sweep's existing rows, read once (a torn line is reported once, not once per job); the latest row of a
+        # job counts, and an interrupted job is run again
+        done = {r["run_id"]: r for d in sweep_dirs for r in read_rows(d / "rows.jsonl")}
+        done = {run_id: r for run_id, r in done.items() if r.get("status") != "interrupted"}
+        bar = stack.enter_context(tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True))
+        kept = _run_jobs(bar, done, provenance, rows)
+    if kept:
+        print(_kept_note(kept, provenance))
     return rows
 
 
-def _run_jobs(bar, done, provenance, rows) -> None:
-    skipped_existing = 0
+def _rerun(job, previous: dict | None) -> bool:
+    run = job.spec.run
+    return previous is None or run.force or (run.retry_failed and previous.get("status") != "ok")
+
+
+def _run_jobs(bar, done, provenance, rows) -> list[dict]:
+    """Run each job in turn, appending its row; the rows kept from earlier runs are returned."""
+    kept = []
     for job in bar:
-        rows_path = job.sweep_dir / "rows.jsonl"
-        if job.run_id in done and not job.spec.run.force:
-            skipped_existing += 1
+        if not _rerun(job, done.get(job.run_id)):
+            kept.append(done[job.run_id])
             rows.append(done[job.run_id])
             continue
         bar.set_postfix_str(" ".join(job.overrides)[:60])
@@ -116,15 +133,61 @@ def _run_jobs(bar, done, provenance, rows) -> None:
             row = run_job(job, provenance)
         except Interrupted as e:  # its row is kept like any other, then the sweep stops
             row, interrupted = e.row, e
-        append_row(rows_path, row)
+        except OSError:  # its folder could not be written: leave no empty one behind
+            _remove_if_empty(job.job_dir)
+            raise
+        append_row(job.sweep_dir / "rows.jsonl", row)
         write_json_atomic(job.job_dir / "row.json", row)
         rows.append(row)
         if interrupted is not None:
             raise interrupted
         bar.write(f"[{row['status']}] {' '.join(job.overrides) or 'defaults'} (repeat {job.repeat})"
                   + (f": {row['error']}" if row.get("error") else ""))
-    if skipped_existing:
-        print(f"{skipped_existing} job(s) already had a row and were not rerun (run.force=true reruns them)")
+    return kept
+
+
+def _remove_if_empty(folder) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone: nothing to tidy
+        pass
+
+
+def _labels(rows: list[dict]) -> list[str]:
+    """Each row's overrides that set it apart from the other rows of the sweep, and its repeat where there are
+    several (empty for a sweep of one job)."""
+    given = [row.get("overrides") or [] for row in rows]
+    shared = set.intersection(*map(set, given)) if rows else set()
+    repeats = any(row.get("repeat") for row in rows)
+    return [" ".join([o for o in overrides if o not in shared] + ([f"(repeat {row.get('repeat')})"] if repeats else []))
+            for overrides, row in zip(given, rows, strict=True)]
+
+
+def _code_of(row: dict) -> str:
+    return f"{(row.get('git_sha') or 'unknown')[:10]}{' (dirty)' if row.get('git_dirty') else ''}"
+
+
+def _kept_note(kept: list[dict], provenance: dict) -> str:
+    """How many jobs were not rerun, and which code made the kept rows where it is not the current code."""
+    note = (f"{len(kept)} job(s) already had a row and were not rerun "
+            "(run.retry_failed=true reruns those not ok, run.force=true reruns all)")
+    current = _code_of(provenance)
+    other = Counter(_code_of(r) for r in kept if _code_of(r) != current)
+    if other:
+        made_by = ", ".join(f"{count} by {code}" for code, count in other.most_common())
+        note += (f"\nnote: {sum(other.values())} of the {len(kept)} kept rows were made by other code than the "
+                 f"current {current}: {made_by}")
+    return note
+
+
+def _not_ok_line(rows: list[dict], shown: int = 10) -> str:
+    """Which jobs did not end ok (skipped ones included: they measured nothing)."""
+    bad = [(label, r["status"]) for label, r in zip(_labels(rows), rows, strict=True) if r.get("status") != "ok"]
+    listed = "; ".join(f"{label or 'the job'} [{status}]" for label, status in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    skipped = "; a skipped job measured nothing, so it counts" if any(s == "skipped" for _, s in bad) else ""
+    return (f"{len(bad)} of {len(rows)} jobs did not end ok (exit code 1{skipped}): {listed}{more}; "
+            "run.retry_failed=true reruns them")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,17 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` or a time limit: like Ctrl-C, not silence
     try:
         rows = run_sweep(jobs)
+        print(summary_table(rows))
+        from harness.aggregate import write_report
+
+        for sweep_dir in sorted({job.sweep_dir for job in jobs}):
+            written = write_report(sweep_dir / "rows.jsonl", sweep_dir / "report")
+            print(f"report: {', '.join(str(p) for p in written)}")
+    except SweepRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: the sweep stopped, its results could not be written: {describe(e)}; the rows already in "
+              f"rows.jsonl are kept, and the same command resumes", file=sys.stderr)
+        return 3
     except KeyboardInterrupt as interrupted:
         detail = (f" ({interrupted.row['error']}; its row says `interrupted`)" if isinstance(interrupted, Interrupted)
                   else "")
         print(f"interrupted{detail}; the same command resumes the sweep", file=sys.stderr)
         return 130
-    print(summary_table(rows))
-    from harness.aggregate import write_report
-
-    for sweep_dir in sorted({job.sweep_dir for job in jobs}):
-        written = write_report(sweep_dir / "rows.jsonl", sweep_dir / "report")
-        print(f"report: {', '.join(str(p) for p in written)}")
+    if any(r.get("status") != "ok" for r in rows):
+        print(_not_ok_line(rows), file=sys.stderr)
+        return 1
     return 0
 
 

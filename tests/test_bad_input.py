@@ -62,6 +62,16 @@ CASES = [
     ("a Hydra key that lives elsewhere here", ["hydra.run.dir=/tmp/x"], "unknown key 'hydra.run.dir'; use run.results_dir"),
     ("a training-script key that lives elsewhere here", ["train.lr=0.1"],
      "unknown key 'train.lr'; use method.optimizer.lr"),
+    ("glob matching no option", ["-m", "method=glob(zz*)"], "'method=glob(zz*)' matches no method; allowed methods:"),
+    ("glob over a key that is no config group", ["-m", "train.seed=glob(*)"],
+     "glob(...) selects options of a config group"),
+    ("a sweep of named sweeps", ["-m", "sweep=none,gate_cpu"], "sweep= names one sweep; run each named sweep by itself"),
+    ("sweep name longer than the file system allows", ["sweep.name=" + "a" * 300],
+     "sweep.name: the folder name 'aaaa"),
+    ("results folder name longer than the file system allows", ["run.results_dir={tmp}/" + "b" * 300],
+     "run.results_dir: the folder name 'bbbb"),
+    ("results folder that cannot be created", ["run.results_dir=/proc/membench/results"],
+     "run.results_dir=/proc/membench/results is not writable"),
 ]
 
 

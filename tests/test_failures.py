@@ -9,7 +9,7 @@ from tests.helpers import FAST, rows_of, run_cli
 def test_each_failure_becomes_a_row_and_the_sweep_continues(results_dir, launcher):
     proc = run_cli(["-m", "run.inject_fault=raise,segfault,oom,nan_loss,missing_package,none",
                     f"run.launcher={launcher}", *FAST], results_dir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the sweep went on, and says which jobs did not end ok
     rows = {r["config"]["run"]["inject_fault"]: r for r in rows_of(results_dir)}
     assert rows["raise"]["status"] == "error" and "injected fault" in rows["raise"]["error"]
     assert rows["segfault"]["status"] == "error" and "SIGSEGV" in rows["segfault"]["error"]
@@ -20,6 +20,13 @@ def test_each_failure_becomes_a_row_and_the_sweep_continues(results_dir, launche
     assert rows["oom"]["weights"] > 0, "what was measured before the failure is kept"
     assert "diverged=1" in proc.stdout and "error=2" in proc.stdout and "oom=1" in proc.stdout and "skipped=1" in proc.stdout
     assert {r["launcher"] for r in rows.values()} == {launcher}
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("5 of 6 jobs did not end ok (exit code 1; a skipped job measured nothing, so it counts): ")
+    assert last.endswith("run.retry_failed=true reruns them")
+    for fault, status in [("raise", "error"), ("segfault", "error"), ("oom", "oom"), ("nan_loss", "diverged"),
+                          ("missing_package", "skipped")]:
+        assert f"run.inject_fault={fault} [{status}]" in last
+    assert "inject_fault=none" not in last
 
 
 @pytest.mark.parametrize("launcher", ["fork", "spawn"])
@@ -29,7 +36,7 @@ def test_timeout_kills_the_job_and_leaves_a_timeout_row(results_dir, launcher):
     timeout_s = {"fork": 4, "spawn": 15}[launcher]
     proc = run_cli(["run.inject_fault=hang", f"run.timeout_s={timeout_s}", f"run.launcher={launcher}", *FAST],
                    results_dir)
-    assert proc.returncode == 0
+    assert proc.returncode == 1 and "[timeout]" in proc.stderr.strip().splitlines()[-1]
     (row,) = rows_of(results_dir)
     assert row["status"] == "timeout" and f"run.timeout_s={timeout_s}" in row["error"]
     assert "last log line: loaded" in row["error"]  # where it hung: after loading, before the first step
@@ -68,3 +75,30 @@ def test_an_interrupted_job_is_run_again_on_resume(tmp_path):
     append_row(job.sweep_dir / "rows.jsonl", {"run_id": job.run_id, "status": "interrupted", "error": "killed"})
     (row,) = run_sweep([job], progress=False)
     assert row["status"] == "ok" and [r["status"] for r in rows_of(tmp_path)] == ["interrupted", "ok"]
+
+
+def test_retry_failed_reruns_only_the_jobs_not_ok_and_resume_names_the_code_that_made_kept_rows(tmp_path, capsys):
+    from harness.config import plan
+    from harness.provenance import git_state
+    from harness.results import append_row
+    from harness.run import run_sweep
+
+    def jobs(retry):
+        return plan(["-m", "train.seed=0,1", *FAST, f"run.results_dir={tmp_path}", f"run.retry_failed={retry}"])
+
+    failed, good = jobs("false")
+    older = {"git_sha": "0123456789abcdef", "git_dirty": True}
+    append_row(failed.sweep_dir / "rows.jsonl", {"run_id": failed.run_id, "status": "error", "error": "x", **older})
+    append_row(good.sweep_dir / "rows.jsonl", {"run_id": good.run_id, "status": "ok", **older})
+    assert [r["status"] for r in run_sweep([failed, good], progress=False)] == ["error", "ok"]  # nothing reruns
+    out = capsys.readouterr().out
+    assert "2 job(s) already had a row and were not rerun" in out
+    current = git_state()["git_sha"][:10]
+    assert f"note: 2 of the 2 kept rows were made by other code than the current {current}" in out
+    assert "2 by 0123456789 (dirty)" in out
+
+    retried = jobs("true")
+    assert [j.run_id for j in retried] == [failed.run_id, good.run_id]  # an operational key: the same jobs
+    assert [r["status"] for r in run_sweep(retried, progress=False)] == ["ok", "ok"]
+    assert "1 job(s) already had a row" in capsys.readouterr().out
+    assert [r["status"] for r in rows_of(tmp_path)] == ["error", "ok", "ok"]  # the failed job ran again, once

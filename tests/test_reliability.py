@@ -87,7 +87,7 @@ def test_sigkill_at_several_moments_then_resume_runs_every_job_exactly_once(resu
 
 def test_a_killed_job_leaves_an_error_row(results_dir):
     proc = run_cli(["run.inject_fault=kill", *FAST], results_dir)
-    assert proc.returncode == 0
+    assert proc.returncode == 1
     (row,) = rows_of(results_dir)
     assert row["status"] == "error" and "SIGKILL" in row["error"]
 
