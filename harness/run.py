@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import types
+import typing
 from collections import Counter
 from contextlib import ExitStack
 
@@ -27,6 +29,7 @@ from harness.config import GROUPS, ConfigError, default_config, group_options, p
 from harness.launch import Interrupted, run_job, stop_servers
 from harness.provenance import git_state
 from harness.results import SweepRefused, append_row, describe, read_rows, sweep_lock, write_json_atomic
+from harness.schema import RunSpec, TrainSpec, _describe
 
 
 def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
@@ -35,9 +38,17 @@ def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
     return [(prefix.rstrip("."), node)]
 
 
+def _choices(key: str) -> str:
+    """'  (one of ...)' for a train.* or run.* key whose type is a choice (harness.schema), else ''."""
+    section, _, name = key.partition(".")
+    spec = {"train": TrainSpec, "run": RunSpec}.get(section)
+    hint = typing.get_type_hints(spec).get(name) if spec else None
+    return f"  ({_describe(hint)})" if typing.get_origin(hint) in (typing.Literal, typing.Union, types.UnionType) else ""
+
+
 def _usage() -> str:
     groups = "\n".join(f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS)
-    keys = "\n".join(f"  {key}={value if isinstance(value, str) else json.dumps(value)}"
+    keys = "\n".join(f"  {key}={value if isinstance(value, str) else json.dumps(value)}{_choices(key)}"
                      for key, value in _leaves(default_config()))
     return (f"{__doc__}\nConfig groups and their options:\n{groups}\n\nEvery key and its default (the group keys as "
             f"the default options give them; --cfg job shows a job's own):\n{keys}\n")
