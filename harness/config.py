@@ -28,7 +28,7 @@ from harness import CONF_DIR, PROJECT_ROOT
 from harness.fits import check_weights_fit
 from harness.hints import hint
 from harness.nvml import visible_handles
-from harness.schema import ConfigError, JobSpec, TextSpec
+from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
@@ -146,15 +146,56 @@ def _resolve_path(path: str) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
-def _check_text_file(path: Path, key: str) -> None:
-    if not path.is_file():
-        raise ConfigError(f"{key}: file not found: {path}")
-    if path.stat().st_size == 0:
-        raise ConfigError(f"{key}: file is empty: {path}")
+def _text_tokens(path: Path, key: str) -> int:
+    """Byte-level tokens of a text data file as the job reads it (harness.data.read_text)."""
+    from harness.data import read_text
+
     try:
-        path.read_bytes().decode("utf-8")
+        if path.is_dir():
+            raise ConfigError(f"{key}={path} is a folder; give a text file")
+        if not path.is_file():
+            raise ConfigError(f"{key}: file not found: {path}")
+        if path.stat().st_size == 0:
+            raise ConfigError(f"{key}: file is empty: {path}")
+        return len(read_text(str(path)).encode())
     except UnicodeDecodeError as e:
         raise ConfigError(f"{key}: not UTF-8 text ({path}, byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def _split_sizes(data, config: dict) -> tuple[tuple[int, str], tuple[int, str]] | None:
+    """((tokens, where from) of the training split, the same of the held-out split); None where only the job can
+    know them (a hub dataset). Text paths are made absolute in `config`, for the job."""
+    from harness.data import train_split
+
+    if isinstance(data, SyntheticSpec):
+        return (data.train_tokens, "dataset.train_tokens"), (data.eval_tokens, "dataset.eval_tokens")
+    if not isinstance(data, TextSpec):
+        return None
+    config["dataset"]["path"] = str(_resolve_path(data.path))
+    n = _text_tokens(Path(config["dataset"]["path"]), "dataset.path")
+    if data.eval_path is None:
+        cut = train_split(n, data.eval_fraction)
+        how = f"of the {n} in dataset.path={data.path}, dataset.eval_fraction={data.eval_fraction} held out"
+        return (cut, how), (n - cut, how)
+    config["dataset"]["eval_path"] = str(_resolve_path(data.eval_path))
+    n_eval = _text_tokens(Path(config["dataset"]["eval_path"]), "dataset.eval_path")
+    return (n, f"dataset.path={data.path}"), (n_eval, f"dataset.eval_path={data.eval_path}")
+
+
+def _check_windows(train, sizes) -> None:
+    """The job's data windows fit: one training window of seq_len+1 tokens (inputs and shifted labels) and, when
+    evaluating, one held-out batch of batch_size x seq_len tokens (harness.data.RandomWindows, eval_batches)."""
+    (n_train, train_from), (n_eval, eval_from) = sizes
+    if n_train < train.seq_len + 1:
+        raise ConfigError(f"the training split has {n_train} tokens ({train_from}); one window needs "
+                          f"train.seq_len+1={train.seq_len + 1}: use more data or a smaller train.seq_len")
+    needed = train.batch_size * train.seq_len
+    if train.eval_batches and n_eval < needed:
+        raise ConfigError(f"the held-out split has {n_eval} tokens ({eval_from}); one eval batch needs "
+                          f"train.batch_size x train.seq_len={needed}: use more data, smaller batches or "
+                          "train.eval_batches=0")
 
 
 def _resolve_auto_rank(config: dict) -> None:
@@ -184,12 +225,9 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
     if model.vocab_size and data.vocab_size > model.vocab_size:
         raise ConfigError(f"dataset {data.name} has {data.vocab_size} token ids but model {model.name} "
                           f"has vocab_size={model.vocab_size}; lower dataset.vocab_size or pick a larger model")
-    if isinstance(data, TextSpec):
-        config["dataset"]["path"] = str(_resolve_path(data.path))
-        _check_text_file(Path(config["dataset"]["path"]), "dataset.path")
-        if data.eval_path is not None:
-            config["dataset"]["eval_path"] = str(_resolve_path(data.eval_path))
-            _check_text_file(Path(config["dataset"]["eval_path"]), "dataset.eval_path")
+    sizes = _split_sizes(data, config)
+    if sizes is not None:
+        _check_windows(train, sizes)
     if spec.run.device == "cuda" and not nvidia_gpu_count():
         raise ConfigError("run.device=cuda but no NVIDIA GPU is visible (NVML); use run.device=cpu or auto")
     if spec.run.device == "cpu" and train.dtype == "fp16":

@@ -4,7 +4,8 @@
   p_j ∝ 1/(j+1), j < branching (distinct successors, the same p for every state), so the entropy rate — the
   lowest achievable eval loss in nats/token — is exactly H(p), whatever the stationary distribution. Chains are
   sampled in parallel and concatenated (one non-Markov transition per chain boundary, ~0.03 % of tokens).
-- text: a local UTF-8 file through `datasets.load_dataset("text")`, byte-level tokens (ids 0..255).
+- text: a local UTF-8 file read as `datasets.load_dataset("text")` reads it (read_text), byte-level tokens (ids
+  0..255); without an eval file the last eval_fraction of the tokens is held out (train_split).
 - hub: a hub text dataset through `datasets.load_dataset(name)`, byte-level tokens.
 """
 from __future__ import annotations
@@ -48,12 +49,18 @@ def _bytes_to_tokens(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
 
 
-def _read_text_file(path: str) -> str:
-    import datasets
+def read_text(path: str) -> str:
+    """The file's lines joined by "\\n", as datasets' "text" loader gives them: universal newlines ("\\r\\n" and
+    "\\r" read as "\\n") and no final line break. UnicodeDecodeError (its `start` a byte offset in the file) or
+    OSError when the file cannot be read as UTF-8 text."""
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return text.removesuffix("\n")
 
-    datasets.disable_progress_bars()
-    ds = datasets.load_dataset("text", data_files={"train": path}, split="train")
-    return "\n".join(ds["text"])
+
+def train_split(n_tokens: int, eval_fraction: float) -> int:
+    """How many of a corpus's first tokens train when its last eval_fraction is held out."""
+    return int(n_tokens * (1 - eval_fraction))
 
 
 def load_tokens(spec) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -63,10 +70,10 @@ def load_tokens(spec) -> tuple[torch.Tensor, torch.Tensor, dict]:
         held_out = _markov_chain(spec, spec.eval_tokens, spec.seed + 2)
         return train, held_out, {"entropy_floor": entropy_floor(spec)}
     if isinstance(spec, TextSpec):
-        tokens = _bytes_to_tokens(_read_text_file(spec.path))
+        tokens = _bytes_to_tokens(read_text(spec.path))
         if spec.eval_path is not None:
-            return tokens, _bytes_to_tokens(_read_text_file(spec.eval_path)), {}
-        cut = int(len(tokens) * (1 - spec.eval_fraction))
+            return tokens, _bytes_to_tokens(read_text(spec.eval_path)), {}
+        cut = train_split(len(tokens), spec.eval_fraction)
         return tokens[:cut], tokens[cut:], {}
     if isinstance(spec, HubDataSpec):
         import datasets

@@ -66,8 +66,18 @@ def check_method(method, device: str, model_spec) -> None:
         if name not in method.transforms:
             raise ConfigError(f"method.transform_options.{name} is given but {name!r} is not in method.transforms "
                               f"({', '.join(method.transforms) or 'empty'})")
+    replaced: dict[str, str] = {}  # what a transform replaces (REPLACES) -> the transform
     for name in method.transforms:
-        transform_options(method, name)
+        part, part_options = TRANSFORMS[name], transform_options(method, name)
+        if hasattr(part, "check"):
+            with _options_of(f"method.transform_options.{name}", part.Options):
+                part.check(part_options, model_spec)
+        what = getattr(part, "REPLACES", None)
+        if what in replaced:
+            raise ConfigError(f"method.transforms: {replaced[what]} and {name} both replace {what}; the second "
+                              "would break or undo the first, use one")
+        if what:
+            replaced[what] = name
     _choose(LOOPS, method.loop, "method.loop")
     if "int8_weights" in method.transforms and not getattr(module, "UPDATES_INT8_WEIGHTS", False):
         capable = ", ".join(n for n, m in OPTIMIZERS.items() if getattr(m, "UPDATES_INT8_WEIGHTS", False))

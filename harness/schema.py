@@ -1,10 +1,12 @@
 """Validated, typed views of the composed config: each group becomes a small frozen dataclass.
 
-`parse(cls, data, where)` checks keys (unknown keys fail with the allowed list), types and Literal choices,
-so a bad value fails before any job starts with one line that names the key and what is allowed.
+`parse(cls, data, where)` checks keys (unknown keys fail with the allowed list), types, Literal choices and that numbers
+are finite, then the dataclass's own range checks (a ValueError from its __post_init__, message starting with the
+field name), so a bad value fails before any job starts with one line that names the key and what is allowed.
 """
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -46,6 +48,12 @@ def _describe(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return all(_finite(v) for v in value) if isinstance(value, list) else True
+
+
 def parse(cls: type, data: Any, where: str):
     """Build dataclass `cls` from a plain dict, or raise ConfigError naming `where.key`."""
     if not isinstance(data, dict):
@@ -69,11 +77,22 @@ def parse(cls: type, data: Any, where: str):
             value = float(value)
         if not _type_ok(value, hints[f.name]):
             raise ConfigError(f"{where}.{f.name}={value!r} is invalid; expected {_describe(hints[f.name])}")
+        if not _finite(value):  # job.json stores nan and inf as null: the job would not get the value given
+            raise ConfigError(f"{where}.{f.name}={value!r} is invalid; it must be finite (not nan or inf)")
         values[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:  # a range check of `cls` (__post_init__): its message starts with the field
+        raise ConfigError(f"{where}.{str(e).strip().splitlines()[0]}") from None
 
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+SEEDS = 2**32  # numpy's generator takes seeds in [0, 2**32); every seed of the config is kept in that range
+
+
+def _check_seed(key: str, seed: int) -> None:
+    if not 0 <= seed < SEEDS:
+        raise ConfigError(f"{key}={seed} is invalid; seeds are integers in [0, 2**32)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,10 @@ class TrainSpec:
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be < train.steps={self.steps} "
                               "(at least one timed step)")
+        if self.lr_warmup_steps > self.steps:
+            raise ConfigError(f"train.lr_warmup_steps={self.lr_warmup_steps} must be <= train.steps={self.steps} "
+                              "(else the learning rate never reaches method.optimizer.lr)")
+        _check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -145,6 +168,16 @@ class LlamaSpec:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"model.hidden_size={self.hidden_size} must be divisible by "
                               f"model.num_attention_heads={self.num_attention_heads}")
+        if self.hidden_size // self.num_attention_heads % 2:  # RoPE rotates pairs of a head's dimensions
+            raise ConfigError(f"model.hidden_size / model.num_attention_heads = {self.hidden_size} / "
+                              f"{self.num_attention_heads} is an odd head size; RoPE needs an even one")
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(out, in) features of the model's nn.Linear layers by attribute name, as harness/models.py builds it
+        (as many key/value heads as query heads, an untied LM head): what a transform's targets may name."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h), "gate_proj": (i, h),
+                "up_proj": (i, h), "down_proj": (h, i), "lm_head": (self.vocab_size, h)}
 
 
 @dataclass(frozen=True)
@@ -179,6 +212,7 @@ class SyntheticSpec:
         for name in ("train_tokens", "eval_tokens"):
             if getattr(self, name) < 1024:
                 raise ConfigError(f"dataset.{name}={getattr(self, name)} is invalid; it must be >= 1024")
+        _check_seed("dataset.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -221,6 +255,12 @@ class MethodSpec:
     loop: str = "standard"
     transform_options: dict = field(default_factory=dict)  # {transform name: {option: value}}
 
+    def check(self) -> None:
+        twice = sorted({t for t in self.transforms if self.transforms.count(t) > 1})
+        if twice:
+            raise ConfigError(f"method.transforms=[{', '.join(self.transforms)}] names {twice[0]} twice; each transform "
+                              "applies once")
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -228,6 +268,12 @@ class GpuSpec:
     memory_bytes: int | None
     peak_bf16_flops: float | None
     bandwidth_bytes_per_s: float | None
+
+    def check(self) -> None:
+        for name in ("memory_bytes", "peak_bf16_flops", "bandwidth_bytes_per_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"gpu.{name}={value} is invalid; it must be > 0, or null where unknown")
 
 
 @dataclass(frozen=True)
@@ -286,6 +332,6 @@ class JobSpec:
             train=parse(TrainSpec, cfg.get("train"), "train"),
             run=parse(RunSpec, cfg.get("run"), "run"),
         )
-        for part in (spec.model, spec.dataset, spec.train, spec.run, spec.sweep):
+        for part in (spec.model, spec.dataset, spec.method, spec.gpu, spec.train, spec.run, spec.sweep):
             part.check()
         return spec

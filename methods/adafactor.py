@@ -12,9 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import NON_NEGATIVE, NON_POSITIVE, POSITIVE, Ranged, at_least, optional
+
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    # torch.optim.Adafactor's own ranges: β2t = 1 - t^beta2_decay needs beta2_decay <= 0, the clipping threshold d >= 1
+    RANGES = {"lr": POSITIVE, "beta2_decay": NON_POSITIVE, "eps1": optional(NON_NEGATIVE), "eps2": NON_NEGATIVE,
+              "d": at_least(1), "weight_decay": NON_NEGATIVE}
+
     lr: float = 1e-2
     beta2_decay: float = -0.8
     eps1: float | None = None

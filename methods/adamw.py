@@ -11,10 +11,14 @@ from typing import Literal
 
 import torch
 
+from methods.options import BETAS, NON_NEGATIVE, POSITIVE, Ranged
+
 
 @dataclass(frozen=True)
-class AdamHyperparameters:
+class AdamHyperparameters(Ranged):
     """The options every Adam-family part shares (the 8-bit, low-rank and reference variants extend it)."""
+
+    RANGES = {"lr": POSITIVE, "betas": BETAS, "eps": POSITIVE, "weight_decay": NON_NEGATIVE}
 
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

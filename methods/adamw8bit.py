@@ -17,10 +17,13 @@ import torch
 
 from membench_kernels.quant import BLOCK, dequantize, dynamic_map, quantize
 from methods.adamw import AdamHyperparameters
+from methods.options import POWER_OF_TWO
 
 
 @dataclass(frozen=True)
 class Options(AdamHyperparameters):
+    RANGES = {"block_size": POWER_OF_TWO}  # the Triton kernel's blocks
+
     block_size: int = BLOCK
     kernel: bool = True  # use the Triton kernel on CUDA
 

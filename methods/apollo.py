@@ -17,10 +17,13 @@ from typing import Literal
 import torch
 
 from methods.lowrank import LowRankOptions, ProjectedAdamW, check_rank, float32_at_least, split_groups
+from methods.options import SEED, at_least
 
 
 @dataclass(frozen=True)
 class Options(LowRankOptions):
+    RANGES = {"growth_limit": at_least(1), "seed": SEED}  # γ < 1 would shrink every update towards 0
+
     rank: int = 256
     scale: float = 1.0
     scaling: Literal["channel", "tensor"] = "channel"

@@ -16,10 +16,13 @@ from methods.apollo import limit_growth
 from methods.galore import GaLoreAdamW
 from methods.galore import Options as GaLoreOptions
 from methods.lowrank import check_rank, split_groups
+from methods.options import at_least
 
 
 @dataclass(frozen=True)
 class Options(GaLoreOptions):
+    RANGES = {"growth_limit": at_least(1)}  # γ < 1 would shrink the residual term towards 0
+
     growth_limit: float = 1.01
 
 

@@ -13,10 +13,13 @@ import torch
 from methods.galore import GaLoreAdamW
 from methods.galore import Options as GaLoreOptions
 from methods.lowrank import check_rank, split_groups
+from methods.options import NON_NEGATIVE
 
 
 @dataclass(frozen=True)
 class Options(GaLoreOptions):
+    RANGES = {"free_lr_ratio": NON_NEGATIVE}  # 0: no state-free step (GaLore's update)
+
     scale: float = 1.0
     free_lr_ratio: float = 1.0
 

@@ -11,23 +11,30 @@ from typing import Literal
 
 import torch
 
+from methods.options import INT64, Ranged, Rule, between, optional
+
 # logits tile bytes as a fraction of the two gradients' bytes; below the targets' 2 % and 30 % by what cuBLAS and
 # the per-row statistics take beside the tile. Speed mode gains from every byte: at LLaMA-3 shapes on an H200,
 # 1.031–1.035 × compile at 0.25, 1.024–1.026 at 0.27, 1.007–1.012 at 0.295 (two interleaved runs, exploratory)
 BUDGET = {"memory": 0.016, "speed": 0.295}
+REPLACES = "the model's loss"  # a second loss transform would silently replace this one (harness/parts.py)
 FILTER_EPS = 2.0**-12  # bf16 eps / 32: cut-cross-entropy's default gradient filter (kernels/fused_linear_ce.py)
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    RANGES = {"label_smoothing": between(0, 1, closed_high=True), "ignore_index": INT64,
+              "filter_eps": optional(Rule("in (0, 1)", lambda v: isinstance(v, float) and 0 < v < 1))}
+
     mode: Literal["memory", "speed"] = "memory"
     label_smoothing: float = 0.0
     ignore_index: int = -100
     filter_eps: float | None = None  # e.g. FILTER_EPS: skip vocabulary slices whose softmax is below it; None: exact
 
     def __post_init__(self):
-        if self.filter_eps is not None and not (0.0 < self.filter_eps < 1.0 and self.label_smoothing == 0.0):
-            raise ValueError(f"filter_eps={self.filter_eps} with label_smoothing={self.label_smoothing}: "
+        super().__post_init__()
+        if self.filter_eps is not None and self.label_smoothing != 0.0:
+            raise ValueError(f"filter_eps={self.filter_eps} with label_smoothing={self.label_smoothing} is invalid: "
                              "filtering needs 0 < filter_eps < 1 and label_smoothing=0")
 
 

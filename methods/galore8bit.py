@@ -14,10 +14,13 @@ from membench_kernels.quant import BLOCK
 from methods import adamw8bit
 from methods.galore import GaLoreAdamW, check_rank, split_groups
 from methods.galore import Options as GaLoreOptions
+from methods.options import POWER_OF_TWO
 
 
 @dataclass(frozen=True)
 class Options(GaLoreOptions):
+    RANGES = {"block_size": POWER_OF_TWO}  # the Triton 8-bit AdamW kernel's blocks
+
     block_size: int = BLOCK
 
 

@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from methods.lora import replace_linears
+from methods.lora import REPLACES, replace_linears, target_shapes  # noqa: F401  (LoRA's targets)
+from methods.options import COUNT, NAMES, SEED, Ranged
 
 CHUNK_VALUES = 2**22  # weight values per fp32 working chunk (row_chunks)
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    RANGES = {"group_size": COUNT, "targets": NAMES, "seed": SEED}
+
     group_size: int = 256
     stochastic_rounding: bool = True
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -110,9 +113,13 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def check(options: Options, model_spec) -> None:
+    """Plan-time: every target names a linear layer of the model (a group size that does not divide a layer's input
+    features falls back to one group per row)."""
+    target_shapes(options.targets, model_spec)
+
+
 def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
-    if options.group_size < 1:
-        raise ValueError(f"group_size={options.group_size} must be >= 1")
     generator = torch.Generator(device=device).manual_seed(options.seed)
     if replace_linears(model, set(options.targets), lambda linear: Int8Linear(linear, options, generator)) == 0:
         raise ValueError(f"int8_weights found no nn.Linear named {options.targets} in {type(model).__name__}")

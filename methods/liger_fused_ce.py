@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.fused_ce import install_loss
+from methods.fused_ce import REPLACES, install_loss  # noqa: F401  (one loss transform at a time)
 
 REQUIRES_CUDA = True
 

@@ -11,15 +11,26 @@ from dataclasses import dataclass
 import torch
 
 from methods.adamw import AdamHyperparameters
+from methods.options import COUNT, SEED
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
 class Options(AdamHyperparameters):
+    RANGES = {"active_layers": COUNT, "interval": COUNT, "seed": SEED}
+
     active_layers: int = 2  # γ
     interval: int = 20  # K
     seed: int = 0
+
+
+def check(options: Options, model_spec) -> None:
+    """Plan-time: γ layers can be drawn from the model's."""
+    layers = getattr(model_spec, "num_hidden_layers", None)
+    if layers is not None and options.active_layers > layers:
+        raise ValueError(f"active_layers={options.active_layers} exceeds model {model_spec.name}'s {layers} layers; "
+                         f"use active_layers <= {layers}")
 
 
 class LISAAdamW(torch.optim.AdamW):

@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from methods.options import COUNT, NAMES, POSITIVE, Ranged
+
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+REPLACES = "the target linear layers"  # a second transform that replaces them would find none (harness/parts.py)
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    RANGES = {"rank": COUNT, "alpha": POSITIVE, "targets": NAMES}  # alpha = 0 would freeze the adapters
+
     rank: int = 8
     alpha: float = 16.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -47,8 +52,6 @@ def replace_linears(model: nn.Module, targets, make) -> int:
 
 
 def add_adapters(model: nn.Module, options: Options, make_base=lambda linear: linear) -> nn.Module:
-    if options.rank < 1:
-        raise ValueError(f"rank={options.rank} must be >= 1")
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -62,6 +65,28 @@ def add_adapters(model: nn.Module, options: Options, make_base=lambda linear: li
     if replace_linears(model, set(options.targets), make) == 0:
         raise ValueError(f"LoRA found no nn.Linear named {options.targets} in {type(model).__name__}")
     return model
+
+
+def target_shapes(targets, model_spec) -> dict[str, tuple[int, int]] | None:
+    """Plan-time: (out, in) of each target layer, every target naming a linear layer of the model; None where the
+    model's layers are known only once it is built (a hub model)."""
+    if not hasattr(model_spec, "linear_shapes"):
+        return None
+    shapes = model_spec.linear_shapes()
+    unknown = [t for t in targets if t not in shapes]
+    if unknown:
+        raise ValueError(f"targets={list(targets)} names {unknown[0]!r}, which is no linear layer of model "
+                         f"{model_spec.name}; allowed: {', '.join(shapes)}")
+    return {t: shapes[t] for t in targets}
+
+
+def check(options: Options, model_spec) -> None:
+    """Plan-time: the targets exist and the rank fits the smallest side of every target layer."""
+    shapes = target_shapes(options.targets, model_spec)
+    smallest = min(min(shape) for shape in shapes.values()) if shapes else None
+    if smallest is not None and options.rank > smallest:
+        raise ValueError(f"rank={options.rank} exceeds the smallest side ({smallest}) of the target layers of model "
+                         f"{model_spec.name}; use rank <= {smallest}")
 
 
 def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:

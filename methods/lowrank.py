@@ -18,12 +18,15 @@ import torch
 
 from membench_kernels.common import to_device_async
 from methods.adamw import AdamHyperparameters
+from methods.options import COUNT, NAMES, POSITIVE
 
 BATCH_BYTES = 128 * 2**20  # projected gradients per batch of matrices in one step (ProjectedAdamW.batches)
 
 
 @dataclass(frozen=True)
 class LowRankOptions(AdamHyperparameters):
+    RANGES = {"rank": COUNT, "update_gap": COUNT, "scale": POSITIVE, "target_modules": NAMES}
+
     rank: int = 128
     update_gap: int = 200  # steps between projection refreshes
     scale: float = 0.25  # α applied to the projected-back update
@@ -37,13 +40,9 @@ def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
 def check_rank(options, model_spec) -> None:
     """Plan-time: the rank must fit the smallest side of the projected matrices (the hidden size for LLaMA)."""
     smallest = getattr(model_spec, "hidden_size", None)
-    if options.rank < 1:
-        raise ValueError(f"rank={options.rank} is invalid; it must be >= 1")
     if smallest is not None and options.rank > smallest:
         raise ValueError(f"rank={options.rank} exceeds the smallest side ({smallest}) of the "
                          f"projected matrices of model {model_spec.name}; use rank <= {smallest}")
-    if options.update_gap < 1:
-        raise ValueError(f"update_gap={options.update_gap} is invalid; it must be >= 1")
 
 
 def auto_rank(smallest_side: int) -> int:

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import NON_NEGATIVE, POSITIVE, SEED, Ranged
+
 LOOP = "zeroth_order"
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    RANGES = {"lr": POSITIVE, "eps": POSITIVE, "weight_decay": NON_NEGATIVE, "seed": SEED}
+
     lr: float = 1e-6
     eps: float = 1e-3
     weight_decay: float = 0.0
@@ -34,7 +38,8 @@ class MeZO(torch.optim.Optimizer):
 
     @staticmethod
     def _z(p: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-        gen = torch.Generator(device=p.device).manual_seed(seed * 100_003 + index)
+        # modulo torch's seed range: a large options.seed would overflow it (smaller ones are unchanged)
+        gen = torch.Generator(device=p.device).manual_seed((seed * 100_003 + index) % 2**64)
         return torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
 
     def update(self, p: torch.Tensor, z: torch.Tensor, projected_grad: float, group: dict, state: dict) -> None:

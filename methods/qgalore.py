@@ -17,10 +17,14 @@ import torch
 from methods.galore8bit import GaLore8bitAdamW
 from methods.galore8bit import Options as GaLore8bitOptions
 from methods.lowrank import check_rank, split_groups
+from methods.options import COUNT, NON_NEGATIVE
 
 
 @dataclass(frozen=True)
 class Options(GaLore8bitOptions):
+    # similarity: a threshold on a mean |cosine| (in [0, 1]); above 1 the refresh gap never grows
+    RANGES = {"similarity": NON_NEGATIVE, "patience": COUNT}
+
     similarity: float = 0.4
     patience: int = 2
 

@@ -11,12 +11,15 @@ import torch
 from torch import nn
 
 from membench_kernels.quant import nf4_dequantize, nf4_quantize
+from methods.lora import REPLACES, add_adapters, check  # noqa: F401  (LoRA's targets and checks)
 from methods.lora import Options as LoRAOptions
-from methods.lora import add_adapters
+from methods.options import COUNT
 
 
 @dataclass(frozen=True)
 class Options(LoRAOptions):
+    RANGES = {"block_size": COUNT}
+
     block_size: int = 64
 
 

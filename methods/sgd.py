@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import NON_NEGATIVE, POSITIVE, Ranged, between
+
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    RANGES = {"lr": POSITIVE, "momentum": between(0, 1), "weight_decay": NON_NEGATIVE}  # μ >= 1 diverges
+
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0

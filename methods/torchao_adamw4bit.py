@@ -7,12 +7,15 @@ from dataclasses import dataclass
 import torch
 
 from methods.adamw import AdamHyperparameters
+from methods.options import COUNT
 from methods.torchao_adamw8bit import COMPILED_STEP  # noqa: F401  (the same compiled step)
 from methods.torchao_adamw8bit import build as _build
 
 
 @dataclass(frozen=True)
 class Options(AdamHyperparameters):
+    RANGES = {"block_size": COUNT}
+
     block_size: int = 128
 
 

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 import torch
 
 from methods.adamw import AdamHyperparameters
+from methods.options import COUNT
 
 COMPILED_STEP = True  # torchao compiles its step (fullgraph): the live-tensor probe must not wrap it
 
 
 @dataclass(frozen=True)
 class Options(AdamHyperparameters):
+    RANGES = {"block_size": COUNT}
+
     block_size: int = 256
 
 

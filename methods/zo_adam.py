@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.mezo import MeZO
+from methods.options import BETAS, NON_NEGATIVE, POSITIVE, SEED, Ranged
 
 LOOP = "zeroth_order"
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(Ranged):
+    RANGES = {"lr": POSITIVE, "eps": POSITIVE, "betas": BETAS, "adam_eps": POSITIVE, "weight_decay": NON_NEGATIVE,
+              "seed": SEED}
+
     lr: float = 1e-4
     eps: float = 1e-3  # perturbation size
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

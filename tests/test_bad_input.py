@@ -72,6 +72,45 @@ CASES = [
      "run.results_dir: the folder name 'bbbb"),
     ("results folder that cannot be created", ["run.results_dir=/proc/membench/results"],
      "run.results_dir=/proc/membench/results is not writable"),
+    ("negative learning rate", ["method.optimizer.lr=-0.1"],
+     "method.optimizer.lr=-0.1 is invalid; it must be finite and > 0"),
+    ("learning rate nan", ["method.optimizer.lr=nan"], "method.optimizer.lr=nan is invalid; it must be finite"),
+    ("infinite number in any section", ["run.timeout_s=inf"], "run.timeout_s=inf is invalid; it must be finite"),
+    ("Adam beta outside [0, 1)", ["method.optimizer.betas=[0.9,1.0]"],
+     "method.optimizer.betas=[0.9, 1.0] is invalid; it must be two numbers in [0, 1)"),
+    ("projection refresh interval < 1", ["method=galore", "method.optimizer.update_gap=0"],
+     "method.optimizer.update_gap=0 is invalid; it must be an integer >= 1"),
+    ("8-bit block size not a power of two", ["method=adamw8bit", "method.optimizer.block_size=100"],
+     "method.optimizer.block_size=100 is invalid; it must be a power of two"),
+    ("option seed out of range", ["method=mezo", "method.optimizer.seed=-1"],
+     "method.optimizer.seed=-1 is invalid; it must be an integer in [0, 2**32)"),
+    ("LoRA rank < 1", ["method=lora", "method.transform_options.lora.rank=0"],
+     "method.transform_options.lora.rank=0 is invalid; it must be an integer >= 1"),
+    ("LoRA rank above a target layer's side", ["method=lora", "method.transform_options.lora.rank=65"],
+     "method.transform_options.lora.rank=65 exceeds the smallest side (64) of the target layers of model llama_tiny"),
+    ("transform target that is no layer of the model", ["method=lora", "method.transform_options.lora.targets=[qproj]"],
+     "names 'qproj', which is no linear layer of model llama_tiny; allowed: q_proj"),
+    ("two transforms that replace the same layers", ["method.transforms=[lora,qlora]"],
+     "method.transforms: lora and qlora both replace the target linear layers"),
+    ("a transform named twice", ["method.transforms=[checkpointing,checkpointing]"],
+     "names checkpointing twice; each transform applies once"),
+    ("LISA layers above the model's", ["method=lisa", "method.optimizer.active_layers=3"],
+     "method.optimizer.active_layers=3 exceeds model llama_tiny's 2 layers"),
+    ("seed out of range", ["train.seed=-1"], "train.seed=-1 is invalid; seeds are integers in [0, 2**32)"),
+    ("LR warm-up longer than the run", ["train.lr_warmup_steps=21"],
+     "train.lr_warmup_steps=21 must be <= train.steps=20"),
+    ("odd attention head size", ["model.hidden_size=72", "model.num_attention_heads=8"],
+     "is an odd head size; RoPE needs an even one"),
+    ("GPU figure <= 0", ["gpu.memory_bytes=-1"], "gpu.memory_bytes=-1 is invalid; it must be > 0"),
+    ("data file shorter than one window", ["dataset=text_file", "dataset.path={tmp}/one.txt"],
+     "the training split has 0 tokens"),
+    ("held-out split smaller than one eval batch", ["dataset=text_file", "dataset.path={tmp}/short.txt"],
+     "the held-out split has 200 tokens"),
+    ("synthetic corpus shorter than one window", ["model=llama_60m", "train.seq_len=1024", "dataset.train_tokens=1024"],
+     "the training split has 1024 tokens (dataset.train_tokens); one window needs train.seq_len+1=1025"),
+    ("folder given as the data file", ["dataset=text_file", "dataset.path={tmp}"], "is a folder; give a text file"),
+    ("folder given as the eval file", ["dataset=text_file", "dataset.path={tmp}/short.txt", "dataset.eval_path={tmp}"],
+     "is a folder; give a text file"),
 ]
 
 
@@ -79,6 +118,8 @@ CASES = [
 def scratch(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (tmp_path / "one.txt").write_bytes(b"a")
+    (tmp_path / "short.txt").write_bytes(b"0123456789" * 200)  # 1800 tokens train, 200 held out (< 8 x 128)
     return tmp_path
 
 
@@ -105,6 +146,27 @@ def test_cli_exit_code_and_single_stderr_line(tmp_path):
     proc = run_cli(["dataset=text_file", f"dataset.path={tmp_path}/missing.txt"], tmp_path / "results")
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "file not found" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreadable_data_file_is_one_line(scratch, results_dir, monkeypatch):
+    """A file the user may not read (permission bits do not stop root, so the read itself is made to fail)."""
+    import harness.data
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(harness.data, "read_text", refuse)
+    with pytest.raises(ConfigError, match=r"^dataset.path: cannot read .*short.txt: Permission denied$"):
+        plan(["dataset=text_file", f"dataset.path={scratch}/short.txt", f"run.results_dir={results_dir}"])
+    assert not results_dir.exists()
+
+
+def test_cli_says_nan_for_nan(tmp_path):
+    """nan and inf never reach a job (its config is JSON, where they would become null): the plan names them."""
+    proc = run_cli(["method.optimizer.lr=nan"], tmp_path / "results")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "error: method.optimizer.lr=nan is invalid; it must be finite (not nan or inf)"
     assert not (tmp_path / "results").exists()
 
 
