@@ -104,14 +104,16 @@ def _send(stream, message: dict) -> None:
     stream.flush()
 
 
-def _run_child(request: dict) -> None:
+def _run_child(request: dict, server: int) -> None:
     """In the forked child: become a job process (own session, log as stdout/stderr) and run the worker."""
     code = 1
     try:
-        os.setsid()  # the launcher kills the job's whole process group on timeout
         from harness.launch import _die_with_parent
 
         _die_with_parent()
+        if os.getppid() != server:  # the server died before the line above: no signal will come, so no job
+            os._exit(1)
+        os.setsid()  # the launcher kills the job's whole process group on timeout
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -142,11 +144,12 @@ def serve() -> None:
     sys.stdout = sys.stderr  # anything the imports print must not corrupt the protocol
     _preload()
     _send(replies, {"ready": True})
+    server = os.getpid()
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _run_child(request)
+            _run_child(request, server)
         _send(replies, {"pid": pid})
         _, status = os.waitpid(pid, 0)
         _send(replies, {"pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
