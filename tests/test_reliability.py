@@ -45,6 +45,19 @@ def _no_job_processes_within(results_dir, seconds: float) -> list[int]:
     return pids
 
 
+def _described(pids: list[int]) -> str:
+    """PID, state, parent and command line of each process, for a failure message."""
+    lines = []
+    for pid in pids:
+        try:
+            stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            lines.append(f"{pid} (state {stat[0]}, parent {stat[1]}): {cmdline[:120]}")
+        except OSError:
+            lines.append(f"{pid} (gone since)")
+    return "; ".join(lines)
+
+
 def _raw_lines(path):
     return path.read_bytes().split(b"\n") if path.exists() else []
 
@@ -73,7 +86,8 @@ def test_sigkill_at_several_moments_then_resume_runs_every_job_exactly_once(resu
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         orphans = _no_job_processes_within(results_dir, 0.5)
-        assert not orphans, f"job processes {orphans} outlived the killed sweep (PR_SET_PDEATHSIG)"
+        assert not orphans, (f"killed at {rows_before_kill} row(s) + {extra} s, still running (PR_SET_PDEATHSIG): "
+                             f"{_described(orphans)}")
         assert all(json.loads(line) for line in _raw_lines(rows_path) if line.strip()), "a torn line"
     done_before = len(read_rows(rows_path))
     assert 2 <= done_before < 6
