@@ -184,6 +184,18 @@ def _split_sizes(data, config: dict) -> tuple[tuple[int, str], tuple[int, str]] 
     return (n, f"dataset.path={data.path}"), (n_eval, f"dataset.eval_path={data.eval_path}")
 
 
+def _check_local_hub_name(key: str, name: str | None, needs: str | None) -> None:
+    """A hub name written as a path (/…, ./…, ../…, ~…) names a local folder to Hugging Face (relative to the
+    working directory): it must be one, holding `needs` where given, or the job fails to load it."""
+    if name is None or not name.startswith(("/", "./", "../", "~")):
+        return
+    folder = Path(os.path.expanduser(name))
+    if not folder.is_dir():
+        raise ConfigError(f"{key}={name} is a path but no folder is there; give a local folder or a hub id (org/name)")
+    if needs and not (folder / needs).is_file():
+        raise ConfigError(f"{key}={name} is a folder without {needs}; give a model folder saved by save_pretrained")
+
+
 def _check_windows(train, sizes) -> None:
     """The job's data windows fit: one training window of seq_len+1 tokens (inputs and shifted labels) and, when
     evaluating, one held-out batch of batch_size x seq_len tokens (harness.data.RandomWindows, eval_batches)."""
@@ -228,6 +240,9 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
     sizes = _split_sizes(data, config)
     if sizes is not None:
         _check_windows(train, sizes)
+    for key, name, needs in (("model.hub_name", getattr(model, "hub_name", None), "config.json"),
+                             ("dataset.hub_name", getattr(data, "hub_name", None), None)):
+        _check_local_hub_name(key, name, needs)
     if spec.run.device == "cuda" and not nvidia_gpu_count():
         raise ConfigError("run.device=cuda but no NVIDIA GPU is visible (NVML); use run.device=cpu or auto")
     if spec.run.device == "cpu" and train.dtype == "fp16":

@@ -179,6 +179,14 @@ class LlamaSpec:
         return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h), "gate_proj": (i, h),
                 "up_proj": (i, h), "down_proj": (h, i), "lm_head": (self.vocab_size, h)}
 
+    def matrix_names(self) -> list[str]:
+        """Names of the model's 2-D parameters as LlamaForCausalLM gives them: what the low-rank optimizers'
+        target_modules are matched against (as substrings)."""
+        blocks = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+        layers = [f"model.layers.{i}.{block}.{name}.weight" for i in range(self.num_hidden_layers)
+                  for block, names in blocks.items() for name in names]
+        return ["model.embed_tokens.weight", *layers, "lm_head.weight"]
+
 
 @dataclass(frozen=True)
 class HubModelSpec:

@@ -38,11 +38,17 @@ def float32_at_least(tensor: torch.Tensor) -> torch.dtype:
 
 
 def check_rank(options, model_spec) -> None:
-    """Plan-time: the rank must fit the smallest side of the projected matrices (the hidden size for LLaMA)."""
+    """Plan-time: the rank must fit the smallest side of the projected matrices (the hidden size for LLaMA), and
+    each target module must pick some matrix (else none is projected and the method is plain AdamW)."""
     smallest = getattr(model_spec, "hidden_size", None)
     if smallest is not None and options.rank > smallest:
         raise ValueError(f"rank={options.rank} exceeds the smallest side ({smallest}) of the "
                          f"projected matrices of model {model_spec.name}; use rank <= {smallest}")
+    names = model_spec.matrix_names() if hasattr(model_spec, "matrix_names") else None
+    unmatched = [t for t in options.target_modules if names is not None and not any(t in n for n in names)]
+    if unmatched:
+        raise ValueError(f"target_modules={list(options.target_modules)}: {unmatched[0]!r} is part of no matrix name "
+                         f"of model {model_spec.name} (they read like {names[1]})")
 
 
 def auto_rank(smallest_side: int) -> int:

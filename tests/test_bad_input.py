@@ -111,6 +111,12 @@ CASES = [
     ("folder given as the data file", ["dataset=text_file", "dataset.path={tmp}"], "is a folder; give a text file"),
     ("folder given as the eval file", ["dataset=text_file", "dataset.path={tmp}/short.txt", "dataset.eval_path={tmp}"],
      "is a folder; give a text file"),
+    ("hub model path that is no folder", ["model=hub", "model.hub_name=/nonexistent/model"],
+     "model.hub_name=/nonexistent/model is a path but no folder is there"),
+    ("hub model folder without config.json", ["model=hub", "model.hub_name={tmp}"],
+     "is a folder without config.json"),
+    ("low-rank target that matches no matrix", ["method=galore", "method.optimizer.target_modules=[nope]"],
+     "method.optimizer.target_modules=['nope']: 'nope' is part of no matrix name of model llama_tiny"),
 ]
 
 
