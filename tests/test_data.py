@@ -50,3 +50,19 @@ def test_windows_are_seeded_and_eval_batches_fixed():
     assert len(batches) == 3 and torch.equal(batches[0][0], torch.arange(16))
     with pytest.raises(ValueError, match="fewer than one batch"):
         eval_batches(torch.arange(10), 4, 16, 1)
+
+
+@pytest.mark.parametrize("raw", [b"a\r\nb\rc\n\n", b"\n", b"\r\n\r\n", b"x\x0by\x0cz\xc2\x85w\xe2\x80\xa8v\n\n\n",
+                                 b"\xef\xbb\xbfno final newline", b"a\r"])
+def test_text_files_read_as_datasets_text_loader_reads_them(tmp_path, raw):
+    """read_text, which planning also uses to count a file's tokens, gives what datasets' "text" loader gives:
+    universal newlines, lines joined by \\n, no final line break."""
+    import datasets
+
+    from harness.data import read_text
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(raw)
+    datasets.disable_progress_bars()
+    lines = datasets.load_dataset("text", data_files={"train": str(path)}, split="train", cache_dir=str(tmp_path / "c"))
+    assert read_text(str(path)) == "\n".join(lines["text"])
