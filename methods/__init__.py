@@ -3,7 +3,10 @@
 Adding a method: `methods/<m>.py` (an `Options` dataclass and `build(named_params, options, device)` for an optimizer, or
 `apply(model, options, device)` for a transform), `conf/method/<m>.yaml`, `tests/methods/test_<m>.py`, and one line below.
 A part raises ValueError or TypeError on options it cannot take; the harness (harness/parts.py) parses the options,
-runs the plan-time checks and reports those errors as config errors naming the key.
+runs the plan-time checks and reports those errors as config errors naming the key. An `Options` dataclass derives
+from methods.options.Ranged and gives each numeric or list option a rule in RANGES (a test asks for one); a part's
+optional `check(options, model_spec)` checks what needs the model (a rank against its widths, targets against its
+layers); a transform that replaces layers or the loss says what in REPLACES, so two such are refused together.
 """
 from __future__ import annotations
 
