@@ -164,14 +164,13 @@ def _remove_if_empty(folder) -> None:
         pass
 
 
-def _labels(rows: list[dict]) -> list[str]:
-    """Each row's overrides that set it apart from the other rows of the sweep, and its repeat where there are
-    several (empty for a sweep of one job)."""
-    given = [row.get("overrides") or [] for row in rows]
-    shared = set.intersection(*map(set, given)) if rows else set()
-    repeats = any(row.get("repeat") for row in rows)
-    return [" ".join([o for o in overrides if o not in shared] + ([f"(repeat {row.get('repeat')})"] if repeats else []))
-            for overrides, row in zip(given, rows, strict=True)]
+def _labels(jobs) -> list[str]:
+    """Each job's overrides that set it apart from the sweep's other jobs, and its repeat where there are several
+    (empty for a sweep of one job)."""
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if jobs else set()
+    repeats = any(job.repeat for job in jobs)
+    return [" ".join([o for o in job.overrides if o not in shared] + ([f"(repeat {job.repeat})"] if repeats else []))
+            for job in jobs]
 
 
 def _code_of(row: dict) -> str:
@@ -191,9 +190,9 @@ def _kept_note(kept: list[dict], provenance: dict) -> str:
     return note
 
 
-def _not_ok_line(rows: list[dict], shown: int = 10) -> str:
-    """Which jobs did not end ok (skipped ones included: they measured nothing)."""
-    bad = [(label, r["status"]) for label, r in zip(_labels(rows), rows, strict=True) if r.get("status") != "ok"]
+def _not_ok_line(jobs, rows: list[dict], shown: int = 10) -> str:
+    """Which jobs did not end ok (skipped ones included: they measured nothing); `rows` are the jobs' rows, in order."""
+    bad = [(label, r["status"]) for label, r in zip(_labels(jobs), rows, strict=True) if r.get("status") != "ok"]
     listed = "; ".join(f"{label or 'the job'} [{status}]" for label, status in bad[:shown])
     more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
     skipped = "; a skipped job measured nothing, so it counts" if any(s == "skipped" for _, s in bad) else ""
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted{detail}; the same command resumes the sweep", file=sys.stderr)
         return 130
     if any(r.get("status") != "ok" for r in rows):
-        print(_not_ok_line(rows), file=sys.stderr)
+        print(_not_ok_line(jobs, rows), file=sys.stderr)
         return 1
     return 0
 
