@@ -150,6 +150,27 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class QualitySpec:
+    """Whether a job measures quality (a budget, a verdict and held-out eval curves in its row; harness/verdict.py),
+    and how: a memory sweep (measure=false) claims no quality number."""
+
+    measure: bool
+    eval_tokens: int
+    eval_every: int
+    not_learning_fraction: float
+
+    def check(self) -> None:
+        if self.eval_tokens < 1:
+            raise ConfigError(f"quality.eval_tokens={self.eval_tokens} is invalid; it must be >= 1")
+        if self.eval_every < 0:
+            raise ConfigError(f"quality.eval_every={self.eval_every} is invalid; it must be >= 0 (0: at start and "
+                              "end only)")
+        if not 0 < self.not_learning_fraction < 1:
+            raise ConfigError(f"quality.not_learning_fraction={self.not_learning_fraction} is invalid; it must be in "
+                              "(0, 1)")
+
+
+@dataclass(frozen=True)
 class LlamaSpec:
     name: str
     family: Literal["llama"]
@@ -323,6 +344,7 @@ class JobSpec:
     sweep: SweepSpec
     train: TrainSpec
     run: RunSpec
+    quality: QualitySpec
 
     @classmethod
     def from_dict(cls, cfg: dict) -> JobSpec:
@@ -339,7 +361,8 @@ class JobSpec:
             sweep=parse(SweepSpec, cfg.get("sweep"), "sweep"),
             train=parse(TrainSpec, cfg.get("train"), "train"),
             run=parse(RunSpec, cfg.get("run"), "run"),
+            quality=parse(QualitySpec, cfg.get("quality"), "quality"),
         )
-        for part in (spec.model, spec.dataset, spec.method, spec.gpu, spec.train, spec.run, spec.sweep):
+        for part in (spec.model, spec.dataset, spec.method, spec.gpu, spec.train, spec.run, spec.sweep, spec.quality):
             part.check()
         return spec

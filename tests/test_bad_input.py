@@ -115,6 +115,10 @@ CASES = [
      "model.hub_name=/nonexistent/model is a path but no folder is there"),
     ("hub model folder without config.json", ["model=hub", "model.hub_name={tmp}"],
      "is a folder without config.json"),
+    ("held-out eval tokens < 1", ["quality.eval_tokens=0"], "quality.eval_tokens=0 is invalid; it must be >= 1"),
+    ("eval interval < 0", ["quality.eval_every=-1"], "quality.eval_every=-1 is invalid; it must be >= 0"),
+    ("not-learning fraction outside (0, 1)", ["quality.not_learning_fraction=1.5"],
+     "quality.not_learning_fraction=1.5 is invalid; it must be in (0, 1)"),
     ("low-rank target that matches no matrix", ["method=galore", "method.optimizer.target_modules=[nope]"],
      "method.optimizer.target_modules=['nope']: 'nope' is part of no matrix name of model llama_tiny"),
 ]
