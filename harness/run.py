@@ -87,8 +87,10 @@ def summary_table(rows: list[dict]) -> str:
     from harness.aggregate import settings_label, swept_keys
 
     swept = swept_keys(rows)  # the sweep's other axes get a column: its rows differ by more than model and method
+    quality = any(r.get("quality_measured") for r in rows)  # else a memory sweep: its loss claims no quality
     header = ["model", "method", *(["settings"] if swept else []), "rep", "status", "peak (probe)", "opt state",
-              "activations", "step ms", "tok/s", "eval loss"]
+              "activations", "step ms", "tok/s", "eval loss" if quality else "loss (not quality)",
+              *(["verdict (job)"] if quality else [])]
     lines = [header]
     for r in rows:
         peak, probe = (r.get("peak_allocated"), "cuda") if r.get("peak_allocated") is not None else (
@@ -97,7 +99,8 @@ def summary_table(rows: list[dict]) -> str:
                       str(r.get("repeat")), r.get("status", "?"),
                       f"{_fmt_bytes(peak)} ({probe})", _fmt_bytes(r.get("optimizer_state")),
                       _fmt_bytes(r.get("activations")), _fmt(r.get("step_ms"), ".1f"),
-                      _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("eval_loss"), ".4f")])
+                      _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("eval_loss"), ".4f"),
+                      *([str(r.get("verdict") or "-")] if quality else [])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
     counts = Counter(r.get("status") for r in rows)
