@@ -22,6 +22,7 @@ from methods import (
     bnb_adamw8bit,
     cce_fused_ce,
     checkpointing,
+    factorized,
     fira,
     frugal,
     fused_ce,
@@ -83,6 +84,7 @@ OPTIMIZERS = {
 TRANSFORMS = {
     "checkpointing": checkpointing,
     "lora": lora,
+    "factorized": factorized,
     "qlora": qlora,
     "int8_weights": int8_weights,
     "fused_ce": fused_ce,

@@ -2,7 +2,9 @@
 
 Each target linear layer y = W x keeps W frozen and learns a rank-r update:
     y = W x + (α / r) · B A x,   A ∈ R^{r × in} (Kaiming-uniform init), B ∈ R^{out × r} (zeros: the model starts
-unchanged). Every other parameter is frozen, so gradients and optimizer state exist for A and B only.
+unchanged). Every other parameter is frozen, so gradients and optimizer state exist for A and B only; with
+train_rest the parameters outside the target layers (embeddings, norms, LM head) train too: LoRA as a pretraining
+baseline on a random frozen base, as ReLoRA's code (Lialin et al., 2023) runs it for the GaLore paper's "LoRA" row.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class Options(Ranged):
     rank: int = 8
     alpha: float = 16.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    train_rest: bool = False  # embeddings, norms and head train as well (pretraining from a random base)
 
 
 class LoRALinear(nn.Module):
@@ -53,9 +56,10 @@ def replace_linears(model: nn.Module, targets, make) -> int:
 
 def add_adapters(model: nn.Module, options: Options, make_base=lambda linear: linear) -> nn.Module:
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(options.train_rest)
 
     def make(linear: nn.Linear) -> LoRALinear:
+        linear.requires_grad_(False)  # the base of a target layer is frozen either way
         if options.rank > min(linear.in_features, linear.out_features):
             raise ValueError(f"LoRA rank {options.rank} exceeds a target layer's size "
                              f"({linear.out_features} x {linear.in_features})")

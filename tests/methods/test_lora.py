@@ -29,6 +29,13 @@ def test_lora_layer_matches_the_rule_and_only_adapters_train():
     torch.testing.assert_close(layer(x), expected)
 
 
+def test_train_rest_trains_everything_but_the_frozen_base_of_the_target_layers():
+    model = lora.apply(_model(), parse(lora.Options, {"rank": 4, "train_rest": True}, "m"), torch.device("cpu"))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.endswith("proj.base.weight")}
+    assert len(frozen) == 7 * SPEC.num_hidden_layers
+
+
 def test_lora_starts_as_the_base_model():
     base = _model()
     batch = torch.randint(0, 97, (2, 9))

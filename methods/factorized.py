@@ -1,0 +1,54 @@
+"""Low-rank factorized training from scratch: the "Low-Rank" baseline of the GaLore paper (Zhao et al., 2024,
+Table 2, after Kamalakara et al., "Exploring Low Rank Training of Deep Neural Networks", 2022).
+
+Each target linear layer y = W x loses W and trains two factors instead:
+    y = B A x,   B ∈ R^{out × r},  A ∈ R^{r × in},
+so its weight has rank at most r for the whole run (unlike LoRA, no full-rank base is kept, and unlike GaLore the
+weights themselves are low-rank, not their updates). Spectral initialization (Khodak et al., 2021): from the SVD of
+the layer's random initial weight, W₀ = U S Vᵀ, B = U_r √S_r and A = √S_r V_rᵀ, so B A starts as the best rank-r
+approximation of the usual initialization. Every other parameter (embeddings, norms, LM head) trains as before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_linears  # noqa: F401  (targets, checks as LoRA's)
+from methods.options import COUNT, NAMES, Ranged
+
+
+@dataclass(frozen=True)
+class Options(Ranged):
+    RANGES = {"rank": COUNT, "targets": NAMES}
+
+    rank: int = 128
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+
+class FactorizedLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, rank: int):
+        super().__init__()
+        weight = linear.weight.detach()
+        u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
+        root = s[:rank].sqrt()
+        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype))  # out × r
+        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype))  # r × in
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (x @ self.a.T) @ self.b.T
+        return y if self.bias is None else y + self.bias
+
+
+def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
+    def make(linear: nn.Linear) -> FactorizedLinear:
+        if options.rank > min(linear.in_features, linear.out_features):
+            raise ValueError(f"rank {options.rank} exceeds a target layer's size "
+                             f"({linear.out_features} x {linear.in_features})")
+        return FactorizedLinear(linear, options.rank)
+
+    if replace_linears(model, set(options.targets), make) == 0:
+        raise ValueError(f"found no nn.Linear named {options.targets} in {type(model).__name__}")
+    return model
