@@ -28,6 +28,7 @@ from harness import CONF_DIR, PROJECT_ROOT
 from harness.fits import check_weights_fit
 from harness.hints import hint
 from harness.nvml import visible_handles
+from harness.recipes import apply_recipe, resolve_auto_rank, resolve_warmup_fraction
 from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
@@ -54,6 +55,7 @@ class Job:
     repeat: int
     run_id: str
     job_dir: Path
+    recipe: tuple[str, ...] = ()  # the key=value pairs the method's per-model recipe set (harness/recipes.py)
 
     @property
     def sweep_dir(self) -> Path:
@@ -210,21 +212,6 @@ def _check_windows(train, sizes) -> None:
                           "train.eval_batches=0")
 
 
-def _resolve_auto_rank(config: dict) -> None:
-    """method.optimizer.rank=auto becomes the number the low-rank methods' rule gives for the model's width, in the
-    job's config itself: rows and --cfg job show the rank used."""
-    method, model = config.get("method"), config.get("model")
-    optimizer = method.get("optimizer") if isinstance(method, dict) else None
-    if not isinstance(optimizer, dict) or optimizer.get("rank") != "auto" or not isinstance(model, dict):
-        return
-    if not isinstance(model.get("hidden_size"), int):
-        raise ConfigError(f"method.optimizer.rank=auto needs the model's hidden size, which model {model.get('name')} "
-                          "does not give while planning; set method.optimizer.rank to a number")
-    from methods.lowrank import auto_rank  # imported here: methods pulls in torch, which only jobs need
-
-    optimizer["rank"] = auto_rank(model["hidden_size"])
-
-
 def _cross_check(spec: JobSpec, config: dict) -> None:
     """Checks that span groups or touch the file system."""
     from harness.parts import check_method  # imported here: methods pulls in torch, which only jobs need
@@ -368,7 +355,10 @@ def plan(argv: list[str]) -> list[Job]:
         groups_only = [o for o in overrides if o.split("=")[0].lstrip("+~") in GROUPS]
         _check_keys_exist(_parse(overrides), _compose(groups_only, throw_on_missing=False))
         config = _compose(overrides)
-        _resolve_auto_rank(config)
+        given = {o.split("=")[0].lstrip("+~") for o in combo} - set(GROUPS)  # values set, not options chosen
+        recipe = apply_recipe(config, given, group_options("model"))
+        resolve_auto_rank(config)
+        resolve_warmup_fraction(config, given)
         spec = JobSpec.from_dict(config)
         _cross_check(spec, config)
         results_dir = _resolve_path(spec.run.results_dir)
@@ -377,7 +367,7 @@ def plan(argv: list[str]) -> list[Job]:
             run_id = run_id_of(config, repeat)
             job_dir = sweep_dir / f"{dirname_of(combo)}-r{repeat}"
             _check_job_dir(job_dir, results_dir)
-            jobs.append(Job(spec, config, tuple(combo), repeat, run_id, job_dir))
+            jobs.append(Job(spec, config, tuple(combo), repeat, run_id, job_dir, recipe))
     seen = {}
     for job in jobs:
         if job.run_id in seen:

@@ -178,6 +178,7 @@ def _config_columns(job: Job) -> dict:
         "seq_len": spec.train.seq_len, "steps": spec.train.steps, "warmup_steps": spec.train.warmup_steps,
         "seed": spec.train.seed, "transforms": list(spec.method.transforms),
         "optimizer": spec.method.optimizer.get("name"), "overrides": list(job.overrides), "config": c,
+        "recipe": list(job.recipe),
     }
 
 

@@ -69,6 +69,8 @@ def _print_configs(argv: list[str]) -> int:
     for job in jobs:
         if job.repeat == 0:  # the repeats of a job share its config
             print(f"# job: {' '.join(job.overrides) or 'defaults'} ({job.spec.run.repeats} repeat(s))")
+            if job.recipe:
+                print(f"# recipe of method {job.spec.method.name} for {job.spec.model.name}: {', '.join(job.recipe)}")
             print(OmegaConf.to_yaml(job.config))
     return 0
 

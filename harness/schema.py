@@ -106,6 +106,7 @@ class TrainSpec:
     seed: int
     lr_schedule: Literal["constant", "cosine"]
     lr_warmup_steps: int
+    lr_warmup_fraction: float | None = None  # of train.steps; planning turns it into lr_warmup_steps (recipes.py)
 
     def check(self) -> None:
         for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 2), ("warmup_steps", 1), ("eval_batches", 0),
@@ -118,6 +119,9 @@ class TrainSpec:
         if self.lr_warmup_steps > self.steps:
             raise ConfigError(f"train.lr_warmup_steps={self.lr_warmup_steps} must be <= train.steps={self.steps} "
                               "(else the learning rate never reaches method.optimizer.lr)")
+        if self.lr_warmup_fraction is not None and not 0 <= self.lr_warmup_fraction <= 1:
+            raise ConfigError(f"train.lr_warmup_fraction={self.lr_warmup_fraction} is invalid; it must be in [0, 1] "
+                              "(a fraction of train.steps) or null")
         _check_seed("train.seed", self.seed)
 
 
