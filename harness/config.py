@@ -34,7 +34,7 @@ from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
 OPERATIONAL_KEYS = ("run.force", "run.retry_failed", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
-                    "run.host_memory_limit_gib")
+                    "run.host_memory_limit_gib", "run.parallel")
 
 
 @cache

@@ -3,7 +3,9 @@
 The parent never touches CUDA: it writes job.json, starts the job process in a new session (so a timeout kills the
 whole process group), waits with a timeout, and turns whatever happened into a row. The job process is forked from
 a server that has done the imports once (run.launcher=fork, harness/zygote.py) or is a fresh interpreter running
-`python -m harness.worker` (run.launcher=spawn); both run the same worker.
+`python -m harness.worker` (run.launcher=spawn); both run the same worker. With run.parallel > 1 several threads of
+the sweep call run_job at once: each thread has its own fork server (one job at a time each, as its protocol
+expects), and the job processes the sweep started are not counted as other processes on the GPU.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -43,6 +46,32 @@ def gpu_occupants() -> list[int] | None:
                 for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
     except Exception:  # no driver / no GPU: nothing can occupy it
         return None
+
+
+# Job processes this sweep started (its own jobs side by side on a GPU are not "another process"), the ones still
+# running (killed at once when the sweep is interrupted), and whether it was.
+_STARTED: set[int] = set()
+_RUNNING: set[int] = set()
+_STOPPING = threading.Event()
+
+
+def _running(pid: int) -> None:
+    _STARTED.add(pid)
+    _RUNNING.add(pid)
+    if _STOPPING.is_set():  # interrupted while it was being started
+        _kill_group(pid)
+
+
+def interrupt_jobs() -> None:
+    """Kill every job process of the sweep still running (run.parallel > 1: the threads waiting on them then
+    report their jobs `interrupted`), and start no more."""
+    _STOPPING.set()
+    for pid in list(_RUNNING):
+        _kill_group(pid)
+
+
+def reset_interrupt() -> None:
+    _STOPPING.clear()
 
 
 def _die_with_parent() -> None:
@@ -113,23 +142,23 @@ class Zygote:
         self.proc.wait()
 
 
-_ZYGOTES: dict = {}
+_ZYGOTES: dict = {}  # ("server", thread id) -> that thread's fork server; "failed" -> why none could start
 
 
 def _zygote(log_path) -> Zygote:
-    server = _ZYGOTES.get("server")
+    key = ("server", threading.get_ident())
+    server = _ZYGOTES.get(key)
     if server is None or not server.alive():
-        server = _ZYGOTES["server"] = Zygote(log_path)
+        server = _ZYGOTES[key] = Zygote(log_path)
     return server
 
 
 @atexit.register
 def stop_servers() -> None:
-    """End the fork server (harness.run calls this after each sweep, so code edits reach the next one)."""
-    server = _ZYGOTES.pop("server", None)
+    """End the fork servers (harness.run calls this after each sweep, so code edits reach the next one)."""
     _ZYGOTES.pop("failed", None)
-    if server is not None:
-        server.close()
+    for key in [k for k in _ZYGOTES if isinstance(k, tuple)]:
+        _ZYGOTES.pop(key).close()
 
 
 def _kill_group(pid: int) -> None:
@@ -143,11 +172,14 @@ def _wait_forked(job: Job, log_path, env: dict) -> int | None:
     """Run the job as a child of the fork server; its exit code, or None after a timeout (group killed)."""
     server = _zygote(job.job_dir.parent / "zygote.log")
     pid = server.start(job.job_dir, log_path, env)
+    _running(pid)
     try:
         returncode = server.wait(job.spec.run.timeout_s)
     except BaseException:  # Ctrl-C or a kill of the parent: take the child down
         _kill_group(pid)
         raise
+    finally:
+        _RUNNING.discard(pid)
     if returncode is None:
         _kill_group(pid)
         server.wait(None)  # the server reaps it and reports the kill
@@ -160,6 +192,7 @@ def _wait_spawned(job: Job, log_path, env: dict) -> int | None:
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=_with_project_path(env), preexec_fn=_die_with_parent)
+        _running(proc.pid)
         try:
             return proc.wait(timeout=job.spec.run.timeout_s)
         except subprocess.TimeoutExpired:
@@ -168,6 +201,7 @@ def _wait_spawned(job: Job, log_path, env: dict) -> int | None:
             if proc.poll() is None:
                 _kill_group(proc.pid)
                 proc.wait()
+            _RUNNING.discard(proc.pid)
 
 
 def _config_columns(job: Job) -> dict:
@@ -179,6 +213,8 @@ def _config_columns(job: Job) -> dict:
         "seed": spec.train.seed, "transforms": list(spec.method.transforms),
         "optimizer": spec.method.optimizer.get("name"), "overrides": list(job.overrides), "config": c,
         "recipe": list(job.recipe),
+        # jobs side by side share the device: their times (and device-wide NVML peaks) say nothing about the method
+        "parallel": spec.run.parallel, "timing_comparable": spec.run.parallel == 1,
     }
 
 
@@ -201,6 +237,7 @@ def run_job(job: Job, provenance: dict) -> dict:
            "deterministic_fields": ["weights", "grads", "optimizer_state", "activations", "cpu_live_peak",
                                     "peak_allocated"]}
     occupants = gpu_occupants() if job.spec.run.device != "cpu" else None
+    occupants = [pid for pid in occupants or [] if pid not in _STARTED]  # this sweep's own jobs are no intruders
     row["gpu_busy"] = bool(occupants)
     if occupants and job.spec.run.busy_gpu == "refuse":
         return {**row, "status": "skipped",
@@ -221,6 +258,7 @@ def run_job(job: Job, provenance: dict) -> dict:
         lost = f"run.launcher=fork: {e} (run.launcher=spawn avoids the server)"
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM to the sweep: the job is already killed (the waits' cleanup)
         interrupted = True
+    interrupted = interrupted or _STOPPING.is_set()  # run.parallel > 1: the sweep killed it (interrupt_jobs)
     row.update(launcher=launcher, wall_s=round(time.monotonic() - start, 3))
     if interrupted:
         raise Interrupted({**row, "status": "interrupted", "error": (

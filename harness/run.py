@@ -7,6 +7,8 @@ Examples:
   python -m harness.run --cfg job -m method=adamw,sgd (print each job's composed config; nothing runs)
 A job whose row already exists in the sweep's rows.jsonl is skipped (resume); run.retry_failed=true reruns the
 jobs whose row is not `ok`, run.force=true reruns every job. Two sweeps cannot run in one sweep folder at once.
+run.parallel=N runs up to N jobs of the sweep at once, each in its own process (for quality sweeps, whose numbers do
+not depend on timing: their rows say timing_comparable: false); rows are still appended one at a time.
 
 Exit codes: 0 every job ended ok; 1 some job did not (error, oom, timeout, diverged or skipped: the last line names
 them); 2 nothing ran: bad input, a sweep folder that cannot be created, or one another sweep is running in;
@@ -20,13 +22,14 @@ import sys
 import types
 import typing
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from harness.config import GROUPS, ConfigError, default_config, group_options, plan
-from harness.launch import Interrupted, run_job, stop_servers
+from harness.launch import Interrupted, interrupt_jobs, reset_interrupt, run_job, stop_servers
 from harness.provenance import git_state
 from harness.results import SweepRefused, append_row, describe, read_rows, sweep_lock, write_json_atomic
 from harness.schema import RunSpec, TrainSpec, _describe
@@ -113,6 +116,7 @@ def run_sweep(jobs, progress: bool = True) -> list[dict]:
     """Run the jobs that have no row yet (or must rerun) and return every job's row. Raises SweepRefused before any
     job runs, OSError when a result cannot be written."""
     provenance = git_state()
+    reset_interrupt()
     rows = []
     with ExitStack() as stack:
         sweep_dirs = sorted({job.sweep_dir for job in jobs})
@@ -123,8 +127,9 @@ def run_sweep(jobs, progress: bool = True) -> list[dict]:
         # job counts, and an interrupted job is run again
         done = {r["run_id"]: r for d in sweep_dirs for r in read_rows(d / "rows.jsonl")}
         done = {run_id: r for run_id, r in done.items() if r.get("status") != "interrupted"}
-        bar = stack.enter_context(tqdm(jobs, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True))
-        kept = _run_jobs(bar, done, provenance, rows)
+        bar = stack.enter_context(tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress,
+                                       dynamic_ncols=True))
+        kept = _run_jobs(bar, jobs, done, provenance, rows)
     if kept:
         print(_kept_note(kept, provenance))
     return rows
@@ -135,31 +140,82 @@ def _rerun(job, previous: dict | None) -> bool:
     return previous is None or run.force or (run.retry_failed and previous.get("status") != "ok")
 
 
-def _run_jobs(bar, done, provenance, rows) -> list[dict]:
-    """Run each job in turn, appending its row; the rows kept from earlier runs are returned."""
-    kept = []
-    for job in bar:
-        if not _rerun(job, done.get(job.run_id)):
-            kept.append(done[job.run_id])
-            rows.append(done[job.run_id])
-            continue
-        bar.set_postfix_str(" ".join(job.overrides)[:60])
-        interrupted = None
-        try:
-            row = run_job(job, provenance)
-        except Interrupted as e:  # its row is kept like any other, then the sweep stops
-            row, interrupted = e.row, e
-        except OSError:  # its folder could not be written: leave no empty one behind
-            _remove_if_empty(job.job_dir)
-            raise
-        append_row(job.sweep_dir / "rows.jsonl", row)
-        write_json_atomic(job.job_dir / "row.json", row)
-        rows.append(row)
-        if interrupted is not None:
-            raise interrupted
-        bar.write(f"[{row['status']}] {' '.join(job.overrides) or 'defaults'} (repeat {job.repeat})"
-                  + (f": {row['error']}" if row.get("error") else ""))
+def _run_jobs(bar, jobs, done, provenance, rows) -> list[dict]:
+    """Run the jobs that need it (up to run.parallel at once), appending each row as its job ends; `rows` gets every
+    job's row in the jobs' order. The rows kept from earlier runs are returned."""
+    slots: list[dict | None] = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        if _rerun(job, done.get(job.run_id)):
+            todo.append(i)
+        else:
+            slots[i] = done[job.run_id]
+            bar.update(1)
+    kept = [slots[i] for i in range(len(jobs)) if slots[i] is not None]
+    parallel = max((jobs[i].spec.run.parallel for i in todo), default=1)
+    try:
+        if parallel == 1:
+            for i in todo:
+                bar.set_postfix_str(" ".join(jobs[i].overrides)[:60])
+                slots[i] = _record(bar, jobs[i], _launch(jobs[i], provenance))
+        else:
+            _run_side_by_side(bar, jobs, todo, slots, provenance, parallel)
+    finally:
+        rows.extend(row for row in slots if row is not None)
     return kept
+
+
+def _launch(job, provenance) -> dict:
+    """The job's row; an interrupted job raises Interrupted after its row is written (the sweep stops)."""
+    try:
+        return run_job(job, provenance)
+    except Interrupted as e:  # its row is kept like any other, then the sweep stops
+        _write_row(job, e.row)
+        raise
+    except OSError:  # its folder could not be written: leave no empty one behind
+        _remove_if_empty(job.job_dir)
+        raise
+
+
+def _write_row(job, row: dict) -> None:
+    append_row(job.sweep_dir / "rows.jsonl", row)
+    write_json_atomic(job.job_dir / "row.json", row)
+
+
+def _record(bar, job, row: dict) -> dict:
+    _write_row(job, row)
+    bar.write(f"[{row['status']}] {' '.join(job.overrides) or 'defaults'} (repeat {job.repeat})"
+              + (f": {row['error']}" if row.get("error") else ""))
+    bar.update(1)
+    return row
+
+
+def _run_side_by_side(bar, jobs, todo, slots, provenance, parallel: int) -> None:
+    """run.parallel > 1: a pool of threads each waits on one job process at a time; rows are written here, in this
+    thread, as jobs end. Ctrl-C (or SIGTERM) kills the running jobs, whose rows then say `interrupted`."""
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="job") as pool:
+        futures = {pool.submit(run_job, jobs[i], provenance): i for i in todo}
+        bar.set_postfix_str(f"{min(parallel, len(todo))} at once")
+        try:
+            for future in as_completed(futures):
+                slots[futures[future]] = _record(bar, jobs[futures[future]], future.result())
+        except KeyboardInterrupt as stopped:
+            interrupt_jobs()
+            pool.shutdown(wait=True, cancel_futures=True)
+            first = stopped if isinstance(stopped, Interrupted) else None
+            for future, i in futures.items():
+                if future.cancelled() or slots[i] is not None:
+                    continue
+                try:
+                    slots[i] = _record(bar, jobs[i], future.result())
+                except Interrupted as e:
+                    slots[i] = e.row
+                    _write_row(jobs[i], e.row)
+                    first = first or e
+            raise (first or stopped) from None
+        except OSError:
+            interrupt_jobs()
+            raise
 
 
 def _remove_if_empty(folder) -> None:

@@ -139,12 +139,15 @@ class RunSpec:
     inject_fault: Literal["none", "raise", "oom", "segfault", "kill", "hang", "nan_loss", "missing_package"]
     launcher: Literal["fork", "spawn"]
     host_memory_limit_gib: float | Literal["auto"] | None  # CPU jobs (harness/fits.py)
+    parallel: int = 1  # jobs of a sweep running at once (harness/run.py); > 1: their timings are not comparable
 
     def check(self) -> None:
         limit = self.host_memory_limit_gib
         if limit not in ("auto", None) and not 0 < limit < float("inf"):
             raise ConfigError(f"run.host_memory_limit_gib={limit} is invalid; allowed: auto, null or a number of "
                               "GiB > 0")
+        if self.parallel < 1:
+            raise ConfigError(f"run.parallel={self.parallel} is invalid; it must be >= 1 (jobs at once)")
         if self.repeats < 1:
             raise ConfigError(f"run.repeats={self.repeats} is invalid; it must be >= 1")
         if self.timeout_s <= 0:

@@ -103,6 +103,7 @@ CASES = [
      "train.lr_warmup_fraction=1.5 is invalid; it must be in [0, 1]"),
     ("LR warm-up given as steps and as a fraction", ["train.lr_warmup_steps=2", "train.lr_warmup_fraction=0.1"],
      "train.lr_warmup_steps=2 and train.lr_warmup_fraction=0.1 both set the warm-up; give one"),
+    ("jobs at once < 1", ["run.parallel=0"], "run.parallel=0 is invalid; it must be >= 1"),
     ("odd attention head size", ["model.hidden_size=72", "model.num_attention_heads=8"],
      "is an odd head size; RoPE needs an even one"),
     ("GPU figure <= 0", ["gpu.memory_bytes=-1"], "gpu.memory_bytes=-1 is invalid; it must be > 0"),
