@@ -291,11 +291,12 @@ def _quality_markdown(table: pd.DataFrame) -> str:
         caption.append("tokens/s left out: jobs ran side by side on one device (run.parallel > 1), their timings "
                        "are not comparable.")
     columns = _shown(table, ["model", "method", "transforms", "settings", "status", "repeats", "seeds"])
-    header = columns + ["eval loss", "improvement", "verdict", "vs best", "peak_allocated (MiB)"] + (
+    peak = "peak_allocated" if table["peak_allocated"].notna().any() else "cpu_live_peak"
+    header = columns + ["eval loss", "improvement", "verdict", "vs best", f"{peak} (MiB)"] + (
         ["tokens_per_s"] if comparable else []) + ["reason"]
     cells = [[_cell(c, r[c]) for c in columns]
              + [_mean_std(r["eval_loss"], r["eval_loss_std"]), _mean_std(r["improvement"], r["improvement_std"]),
-                str(r["verdict"] or "-"), r["vs_best"], _cell("peak_allocated", r["peak_allocated"])]
+                str(r["verdict"] or "-"), r["vs_best"], _cell(peak, r[peak])]
              + ([_cell("tokens_per_s", r["tokens_per_s"])] if comparable else []) + [r["verdict_reason"] or ""]
              for _, r in table.iterrows()]
     return "\n".join(caption) + "\n\n" + _grid(header, cells)
