@@ -30,6 +30,7 @@ from harness.hints import hint
 from harness.nvml import visible_handles
 from harness.recipes import apply_recipe, resolve_auto_rank, resolve_warmup_fraction
 from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
+from harness.tokenizer import check_vocab
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
@@ -148,8 +149,8 @@ def _resolve_path(path: str) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
-def _text_tokens(path: Path, key: str) -> int:
-    """Byte-level tokens of a text data file as the job reads it (harness.data.read_text)."""
+def _check_text_file(path: Path, key: str) -> None:
+    """The data file is there and reads as UTF-8 text as the job reads it (harness.data.read_text)."""
     from harness.data import read_text
 
     try:
@@ -159,31 +160,37 @@ def _text_tokens(path: Path, key: str) -> int:
             raise ConfigError(f"{key}: file not found: {path}")
         if path.stat().st_size == 0:
             raise ConfigError(f"{key}: file is empty: {path}")
-        return len(read_text(str(path)).encode())
+        read_text(str(path))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{key}: not UTF-8 text ({path}, byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
 
 
-def _split_sizes(data, config: dict) -> tuple[tuple[int, str], tuple[int, str]] | None:
+def _split_sizes(data, model, config: dict) -> tuple[tuple[int, str], tuple[int, str]] | None:
     """((tokens, where from) of the training split, the same of the held-out split); None where only the job can
-    know them (a hub dataset). Text paths are made absolute in `config`, for the job."""
-    from harness.data import train_split
+    know them (a hub dataset). Text is tokenized as the job will (a BPE is trained here, or read from the tokenizer
+    cache when it can be written; harness/tokenizer.py). Text paths are made absolute in `config`, for the job."""
+    from dataclasses import replace
+
+    from harness.data import load_tokens
+    from harness.tokenizer import cache_dir
 
     if isinstance(data, SyntheticSpec):
         return (data.train_tokens, "dataset.train_tokens"), (data.eval_tokens, "dataset.eval_tokens")
     if not isinstance(data, TextSpec):
         return None
-    config["dataset"]["path"] = str(_resolve_path(data.path))
-    n = _text_tokens(Path(config["dataset"]["path"]), "dataset.path")
+    paths = {key: str(_resolve_path(getattr(data, key))) for key in ("path", "eval_path") if getattr(data, key)}
+    for key, path in paths.items():
+        config["dataset"][key] = path
+        _check_text_file(Path(path), f"dataset.{key}")
+    train, held_out, _ = load_tokens(replace(data, **paths), model.vocab_size, cache_dir(None))
+    tokens = f"dataset.tokenizer={data.tokenizer}"
     if data.eval_path is None:
-        cut = train_split(n, data.eval_fraction)
-        how = f"of the {n} in dataset.path={data.path}, dataset.eval_fraction={data.eval_fraction} held out"
-        return (cut, how), (n - cut, how)
-    config["dataset"]["eval_path"] = str(_resolve_path(data.eval_path))
-    n_eval = _text_tokens(Path(config["dataset"]["eval_path"]), "dataset.eval_path")
-    return (n, f"dataset.path={data.path}"), (n_eval, f"dataset.eval_path={data.eval_path}")
+        how = f"dataset.path={data.path} with dataset.eval_fraction={data.eval_fraction} held out, {tokens}"
+        return (len(train), how), (len(held_out), how)
+    return (len(train), f"dataset.path={data.path}, {tokens}"), (len(held_out), f"dataset.eval_path={data.eval_path}, "
+                                                                 f"{tokens}")
 
 
 def _check_local_hub_name(key: str, name: str | None, needs: str | None) -> None:
@@ -198,13 +205,20 @@ def _check_local_hub_name(key: str, name: str | None, needs: str | None) -> None
         raise ConfigError(f"{key}={name} is a folder without {needs}; give a model folder saved by save_pretrained")
 
 
-def _check_windows(train, sizes) -> None:
+def _check_windows(train, quality, sizes) -> None:
     """The job's data windows fit: one training window of seq_len+1 tokens (inputs and shifted labels) and, when
-    evaluating, one held-out batch of batch_size x seq_len tokens (harness.data.RandomWindows, eval_batches)."""
+    evaluating, one held-out window of seq_len tokens in a quality run (harness.data.split_windows), else one
+    held-out batch of batch_size x seq_len tokens (harness.data.RandomWindows, eval_batches)."""
     (n_train, train_from), (n_eval, eval_from) = sizes
     if n_train < train.seq_len + 1:
         raise ConfigError(f"the training split has {n_train} tokens ({train_from}); one window needs "
                           f"train.seq_len+1={train.seq_len + 1}: use more data or a smaller train.seq_len")
+    if quality.measure:
+        if min(n_eval, quality.eval_tokens) < train.seq_len:
+            raise ConfigError(f"a quality run evaluates min(quality.eval_tokens={quality.eval_tokens}, the held-out "
+                              f"split's {n_eval} tokens ({eval_from})), less than one window of "
+                              f"train.seq_len={train.seq_len}: use more data or a smaller train.seq_len")
+        return
     needed = train.batch_size * train.seq_len
     if train.eval_batches and n_eval < needed:
         raise ConfigError(f"the held-out split has {n_eval} tokens ({eval_from}); one eval batch needs "
@@ -221,12 +235,10 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
     if model.max_position_embeddings and train.seq_len > model.max_position_embeddings:
         raise ConfigError(f"train.seq_len={train.seq_len} exceeds model {model.name}'s "
                           f"max_position_embeddings={model.max_position_embeddings}")
-    if model.vocab_size and data.vocab_size > model.vocab_size:
-        raise ConfigError(f"dataset {data.name} has {data.vocab_size} token ids but model {model.name} "
-                          f"has vocab_size={model.vocab_size}; lower dataset.vocab_size or pick a larger model")
-    sizes = _split_sizes(data, config)
+    check_vocab(data, model)
+    sizes = _split_sizes(data, model, config)
     if sizes is not None:
-        _check_windows(train, sizes)
+        _check_windows(train, spec.quality, sizes)
     for key, name, needs in (("model.hub_name", getattr(model, "hub_name", None), "config.json"),
                              ("dataset.hub_name", getattr(data, "hub_name", None), None)):
         _check_local_hub_name(key, name, needs)

@@ -4,16 +4,20 @@
   p_j ∝ 1/(j+1), j < branching (distinct successors, the same p for every state), so the entropy rate — the
   lowest achievable eval loss in nats/token — is exactly H(p), whatever the stationary distribution. Chains are
   sampled in parallel and concatenated (one non-Markov transition per chain boundary, ~0.03 % of tokens).
-- text: a local UTF-8 file read as `datasets.load_dataset("text")` reads it (read_text), byte-level tokens (ids
-  0..255); without an eval file the last eval_fraction of the tokens is held out (train_split).
-- hub: a hub text dataset through `datasets.load_dataset(name)`, byte-level tokens.
+- text: a local UTF-8 file read as `datasets.load_dataset("text")` reads it (read_text); without an eval file the last
+  eval_fraction of the characters is held out (train_split), before tokenizing, so a BPE never sees held-out text.
+- hub: a hub text dataset through `datasets.load_dataset(name)`.
+Text is tokenized as dataset.tokenizer says (harness/tokenizer.py: a BPE trained on the training split, bytes, or a
+hub tokenizer).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from harness import tokenizer as tokenizer_lib
 from harness.schema import HubDataSpec, SyntheticSpec, TextSpec
 
 _CHAINS = 256
@@ -45,10 +49,6 @@ def entropy_floor(spec: SyntheticSpec) -> float:
     return float(-(p * p.log()).sum())
 
 
-def _bytes_to_tokens(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
-
-
 def read_text(path: str) -> str:
     """The file's lines joined by "\\n", as datasets' "text" loader gives them: universal newlines ("\\r\\n" and
     "\\r" read as "\\n") and no final line break. UnicodeDecodeError (its `start` a byte offset in the file) or
@@ -58,32 +58,45 @@ def read_text(path: str) -> str:
     return text.removesuffix("\n")
 
 
-def train_split(n_tokens: int, eval_fraction: float) -> int:
-    """How many of a corpus's first tokens train when its last eval_fraction is held out."""
-    return int(n_tokens * (1 - eval_fraction))
+def train_split(n: int, eval_fraction: float) -> int:
+    """How many of a corpus's first characters train when its last eval_fraction is held out."""
+    return int(n * (1 - eval_fraction))
 
 
-def load_tokens(spec) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(train tokens, eval tokens, info for the row)."""
+def _text_splits(spec: TextSpec) -> tuple[str, str]:
+    text = read_text(spec.path)
+    if spec.eval_path is not None:
+        return text, read_text(spec.eval_path)
+    cut = train_split(len(text), spec.eval_fraction)
+    return text[:cut], text[cut:]
+
+
+def _hub_splits(spec: HubDataSpec) -> tuple[str, str]:
+    import datasets
+
+    def split_text(split: str) -> str:
+        return "\n".join(datasets.load_dataset(spec.hub_name, spec.hub_config, split=split)[spec.text_field])
+
+    return split_text(spec.split), split_text(spec.eval_split)
+
+
+TEXT_SPLITS = {TextSpec: _text_splits, HubDataSpec: _hub_splits}
+
+
+def load_tokens(spec, vocab_size: int | None = None, cache=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(train tokens, eval tokens, info for the row). Text is tokenized by spec.tokenizer, a BPE trained on the
+    training split to vocab_size entries at most (the model's); `cache` is the tokenizer cache folder (None: none)."""
     if isinstance(spec, SyntheticSpec):
         train = _markov_chain(spec, spec.train_tokens, spec.seed + 1)
         held_out = _markov_chain(spec, spec.eval_tokens, spec.seed + 2)
         return train, held_out, {"entropy_floor": entropy_floor(spec)}
-    if isinstance(spec, TextSpec):
-        tokens = _bytes_to_tokens(read_text(spec.path))
-        if spec.eval_path is not None:
-            return tokens, _bytes_to_tokens(read_text(spec.eval_path)), {}
-        cut = train_split(len(tokens), spec.eval_fraction)
-        return tokens[:cut], tokens[cut:], {}
-    if isinstance(spec, HubDataSpec):
-        import datasets
-
-        def split_text(split: str) -> str:
-            ds = datasets.load_dataset(spec.hub_name, spec.hub_config, split=split)
-            return "\n".join(ds[spec.text_field])
-
-        return _bytes_to_tokens(split_text(spec.split)), _bytes_to_tokens(split_text(spec.eval_split)), {}
-    raise TypeError(f"no loader for {type(spec).__name__}")
+    if type(spec) not in TEXT_SPLITS:
+        raise TypeError(f"no loader for {type(spec).__name__}")
+    train_text, eval_text = TEXT_SPLITS[type(spec)](spec)
+    encoder = tokenizer_lib.make_encoder(spec.tokenizer, train_text, vocab_size, spec.tokenizer_name, cache)
+    train, held_out = (torch.from_numpy(tokenizer_lib.encode(encoder, text, cache).astype(np.int64))
+                       for text in (train_text, eval_text))
+    return train, held_out, encoder.row()
 
 
 class RandomWindows:
@@ -108,3 +121,12 @@ def eval_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, n_batches:
                          f"({batch_size}x{seq_len}); lower train.batch_size/seq_len or train.eval_batches=0")
     n = min(n_batches, fit)
     return list(tokens[: n * batch_size * seq_len].view(n, batch_size, seq_len))
+
+
+def split_windows(tokens: torch.Tensor, batch_size: int, seq_len: int, max_tokens: int) -> list[torch.Tensor]:
+    """The held-out split (its first max_tokens at most) as consecutive non-overlapping windows of seq_len tokens, in
+    batches of batch_size windows; the last batch may hold fewer windows, and the tokens after the last whole window
+    (fewer than seq_len) are dropped, so no window is padded."""
+    n_windows = min(len(tokens), max_tokens) // seq_len
+    windows = tokens[: n_windows * seq_len].view(n_windows, seq_len)
+    return list(windows.split(batch_size))

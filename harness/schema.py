@@ -251,6 +251,18 @@ class SyntheticSpec:
         _check_seed("dataset.seed", self.seed)
 
 
+Tokenizer = Literal["bpe", "bytes", "hub"]  # harness/tokenizer.py
+
+
+def _check_tokenizer(spec) -> None:
+    named = spec.tokenizer_name is not None and spec.tokenizer_name.strip() != ""
+    if spec.tokenizer == "hub" and not named:
+        raise ConfigError("dataset.tokenizer=hub needs dataset.tokenizer_name (a hub id or a local folder)")
+    if spec.tokenizer != "hub" and spec.tokenizer_name is not None:
+        raise ConfigError(f"dataset.tokenizer_name is read with dataset.tokenizer=hub only, not "
+                          f"dataset.tokenizer={spec.tokenizer}; set dataset.tokenizer=hub or drop the name")
+
+
 @dataclass(frozen=True)
 class TextSpec:
     name: str
@@ -258,12 +270,13 @@ class TextSpec:
     path: str
     eval_path: str | None = None
     eval_fraction: float = 0.1
-
-    vocab_size = 256  # byte-level tokens
+    tokenizer: Tokenizer = "bpe"
+    tokenizer_name: str | None = None
 
     def check(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"dataset.eval_fraction={self.eval_fraction} is invalid; it must be in (0, 1)")
+        _check_tokenizer(self)
 
 
 @dataclass(frozen=True)
@@ -275,12 +288,13 @@ class HubDataSpec:
     split: str = "train"
     eval_split: str = "validation"
     text_field: str = "text"
-
-    vocab_size = 256
+    tokenizer: Tokenizer = "bpe"
+    tokenizer_name: str | None = None
 
     def check(self) -> None:
         if not self.hub_name.strip():
             raise ConfigError("dataset.hub_name is empty; give a hub dataset id")
+        _check_tokenizer(self)
 
 
 @dataclass(frozen=True)

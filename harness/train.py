@@ -8,13 +8,16 @@ not timed: per-phase synchronizes and the live-tensor probe slow it down.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness import PROJECT_ROOT
 from harness import data as data_lib
 from harness.models import build_model, flops_per_token
 from harness.parts import apply_transforms, build_optimizer, loop_step
@@ -29,6 +32,7 @@ from harness.probes import (
     storage_bytes,
 )
 from harness.schema import JobSpec
+from harness.tokenizer import cache_dir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -105,7 +109,10 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         record["peak_allocated_load"] = torch.cuda.max_memory_allocated(device)
     record["load_s"] = time.perf_counter() - clock
     print(f"loaded {record['n_params']:,} parameters in {record['load_s']:.1f} s", flush=True)  # progress in log.txt
-    train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset)
+    results_dir = Path(os.path.expanduser(spec.run.results_dir))
+    train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset, spec.model.vocab_size,
+                                                           cache_dir(results_dir if results_dir.is_absolute()
+                                                                     else PROJECT_ROOT / results_dir))
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
     windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
     optimizer = build_optimizer(spec.method, model, device)

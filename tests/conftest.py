@@ -21,6 +21,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def tokenizer_cache(tmp_path_factory):
+    """Tokenizers the tests train (harness/tokenizer.py) go to a scratch folder, not the user's cache; jobs started as
+    subprocesses inherit it."""
+    os.environ["MEMBENCH_TOKENIZER_CACHE"] = str(tmp_path_factory.mktemp("tokenizers"))
+
+
 @pytest.fixture
 def results_dir(tmp_path):
     """A fresh results folder per test, passed to jobs as run.results_dir."""

@@ -1,5 +1,6 @@
 """Every YAML composes and validates; bad input fails at planning with one line."""
 import itertools
+import random
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,10 @@ def _expected_failure(group: str, option: str) -> str | None:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_yaml_composes(group, option, results_dir, tmp_path):
     extra = NEEDS.get((group, option), [])
-    if (group, option) == ("dataset", "text_file"):
-        (tmp_path / "corpus.txt").write_text("hello world\n" * 1000)
+    if (group, option) == ("dataset", "text_file"):  # varied words: a BPE turns a repeated line into a few tokens
+        rng = random.Random(0)
+        words = ("".join(rng.choices("abcdefghij", k=rng.randint(1, 7))) for _ in range(20000))
+        (tmp_path / "corpus.txt").write_text(" ".join(words))
         extra = [f"dataset.path={tmp_path / 'corpus.txt'}"]
     args = [f"{group}={option}", f"run.results_dir={results_dir}", *extra]
     failure = _expected_failure(group, option)

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from harness.data import RandomWindows, eval_batches, load_tokens
+from harness.data import RandomWindows, eval_batches, load_tokens, split_windows
 from harness.schema import SyntheticSpec, TextSpec
 
 
@@ -37,9 +37,11 @@ def test_synthetic_is_deterministic_and_eval_is_a_different_sample():
 def test_text_file_is_byte_tokens_with_held_out_tail(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("héllo\nworld\n" * 50)
-    train, held_out, _ = load_tokens(TextSpec(name="t", kind="text", path=str(path), eval_fraction=0.2))
+    train, held_out, info = load_tokens(TextSpec(name="t", kind="text", path=str(path), eval_fraction=0.2,
+                                                 tokenizer="bytes"))
     total = len(("héllo\nworld\n" * 50).rstrip("\n").encode())
     assert len(train) + len(held_out) == total and int(train.max()) < 256
+    assert info == {"tokenizer": "bytes", "tokenizer_vocab_size": 256, "tokenizer_hash": None}
 
 
 def test_windows_are_seeded_and_eval_batches_fixed():
@@ -50,6 +52,16 @@ def test_windows_are_seeded_and_eval_batches_fixed():
     assert len(batches) == 3 and torch.equal(batches[0][0], torch.arange(16))
     with pytest.raises(ValueError, match="fewer than one batch"):
         eval_batches(torch.arange(10), 4, 16, 1)
+
+
+def test_whole_split_eval_windows_cover_the_split_or_the_cap():
+    """A quality run's eval: non-overlapping seq_len windows over the whole split (or its first max_tokens), batches
+    of batch_size windows, the last batch smaller; fewer than seq_len tokens left over are dropped."""
+    tokens = torch.arange(1000)
+    batches = split_windows(tokens, 4, 16, max_tokens=10**6)
+    assert [len(b) for b in batches] == [4] * 15 + [2]  # 62 windows: 992 tokens, the last 8 dropped
+    assert torch.equal(torch.cat(batches).reshape(-1), torch.arange(992))
+    assert sum(b.numel() for b in split_windows(tokens, 4, 16, max_tokens=100)) == 96  # 6 windows of the first 100
 
 
 @pytest.mark.parametrize("raw", [b"a\r\nb\rc\n\n", b"\n", b"\r\n\r\n", b"x\x0by\x0cz\xc2\x85w\xe2\x80\xa8v\n\n\n",
