@@ -4,6 +4,13 @@ so a job that fails half-way still reports what it measured up to the failure.
 Timing: warm-up steps are excluded; every step is bracketed by a device synchronize; step_ms is the median of the
 timed steps, with p20/p80. The probed step is the last warm-up step (optimizer state already exists) and is
 not timed: per-phase synchronizes and the live-tensor probe slow it down.
+
+Held-out eval: a memory run evaluates train.eval_batches batches once, at the end. A quality run (quality.measure)
+evaluates the whole held-out split (quality.eval_tokens at most; harness.data.split_windows) before the first step,
+every quality.eval_every steps and at the end: `eval_curve`, then a verdict (harness/verdict.py). Evals stay out of
+the step timings and step peaks (their time is eval_s, their peak peak_allocated_eval); cached blocks they leave in
+the allocator may still count in a later step's reserved peak. Curves are [[step, loss], ...], step = optimizer
+updates applied to the weights the loss was measured on (0: the initialization).
 """
 from __future__ import annotations
 
@@ -33,8 +40,10 @@ from harness.probes import (
 )
 from harness.schema import JobSpec
 from harness.tokenizer import cache_dir
+from harness.verdict import job_verdict
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRAIN_CURVE_POINTS = 200  # the training curve keeps every ceil(steps / this)-th step, so a row stays small
 
 
 class Diverged(RuntimeError):
@@ -113,7 +122,11 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset, spec.model.vocab_size,
                                                            cache_dir(results_dir if results_dir.is_absolute()
                                                                      else PROJECT_ROOT / results_dir))
-    record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens))
+    budget_tokens = train.steps * train.batch_size * train.seq_len
+    record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens),
+                  quality_measured=spec.quality.measure, budget_steps=train.steps, budget_tokens=budget_tokens,
+                  budget_epochs=budget_tokens / len(train_tokens), verdict=None, verdict_reason=None)
+    held_out = _HeldOut(model, eval_tokens, spec, device)
     windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
     optimizer = build_optimizer(spec.method, model, device)
     record["n_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # after LoRA / LISA
@@ -122,13 +135,19 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     step_fn = loop_step(spec.method)
     inject_fault("after_load", model)
     record["data_s"] = time.perf_counter() - clock - record["load_s"]
-    clock = time.perf_counter()
+    if spec.quality.measure:
+        print(f"evaluating on {len(held_out.batches)} batch(es) before the first step", flush=True)
+        record["initial_eval_loss"] = held_out.loss(0)
+        record["eval_curve"] = held_out.curve
+    clock, eval_s_before = time.perf_counter(), held_out.seconds
     if cuda:  # the load peak is kept in peak_allocated_load; from here on the peaks are the training steps'
         torch.cuda.reset_peak_memory_stats(device)
 
     live = LiveTensorProbe() if spec.run.live_tensor_probe else None
     probe = PhaseProbe(device, model, live)
     losses, times_ms = [], []
+    stride, record["train_curve"] = math.ceil(train.steps / TRAIN_CURVE_POINTS), []
+    every = spec.quality.eval_every if spec.quality.measure else 0
     step_peaks = StepPeaks(device) if cuda else None
     for step in range(train.steps):
         batch = windows.next().to(device)
@@ -147,8 +166,13 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
             step_peaks.end_step(probe.record if probed else {}, warmup=step < train.warmup_steps - 1)
         value = loss.float().item()
         losses.append(value)
+        if step % stride == 0 or step == train.steps - 1 or not math.isfinite(value):
+            record["train_curve"].append([step, value])
         if not math.isfinite(value):
             record.update(train_loss=None, diverged_step=step)
+            if spec.quality.measure:
+                record["verdict"], record["verdict_reason"] = job_verdict(
+                    record["initial_eval_loss"], held_out.curve, record["train_curve"], None)
             raise Diverged(f"loss is {value} at step {step}")
         if step >= train.warmup_steps:
             times_ms.append(elapsed_ms)
@@ -164,6 +188,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
             elif cuda:
                 record.update(activations=record["allocated_end_forward"] - record["allocated_start_forward"],
                               activations_probe="cuda_allocated")
+        if every and (step + 1) % every == 0 and step + 1 < train.steps:
+            held_out.loss(step + 1)
     _sync(device)
     record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
     if cuda:
@@ -177,28 +203,59 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     peak_flops = record.get("gpu_peak_bf16_flops")
     if cuda and peak_flops and dtype in (torch.bfloat16, torch.float16):
         record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
-    record["train_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    print(f"evaluating on {spec.train.eval_batches} batch(es)", flush=True)
-    _evaluate(model, eval_tokens, spec, device, record)
-    record["eval_s"] = time.perf_counter() - clock
+    record["train_s"] = time.perf_counter() - clock - (held_out.seconds - eval_s_before)  # evals are eval_s
+    _final_eval(held_out, spec, record)
 
 
-@torch.no_grad()
-def _evaluate(model, tokens, spec, device, record) -> None:
-    batches = data_lib.eval_batches(tokens, spec.train.batch_size, spec.train.seq_len, spec.train.eval_batches)
-    if not batches:
+def _final_eval(held_out, spec, record) -> None:
+    if not held_out.batches:
+        record["eval_s"] = held_out.seconds
         return
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model.eval()
-    total = 0.0
-    for batch in batches:
-        batch = batch.to(device)
-        total += model(input_ids=batch, labels=batch).loss.float().item()
-    model.train()
-    record.update(eval_loss=total / len(batches), eval_batches=len(batches),
-                  eval_tokens=len(batches) * spec.train.batch_size * spec.train.seq_len)
-    record["eval_ppl"] = math.exp(min(record["eval_loss"], 700.0))
-    if device.type == "cuda":
-        record["peak_allocated_eval"] = torch.cuda.max_memory_allocated(device)
+    print(f"evaluating on {len(held_out.batches)} batch(es)", flush=True)
+    record["eval_loss"] = held_out.loss(spec.train.steps)
+    record.update(eval_batches=len(held_out.batches), eval_tokens=held_out.tokens, eval_s=held_out.seconds,
+                  eval_ppl=math.exp(min(record["eval_loss"], 700.0)))
+    if held_out.peak is not None:
+        record["peak_allocated_eval"] = held_out.peak
+    if spec.quality.measure:
+        record["verdict"], record["verdict_reason"] = job_verdict(
+            record["initial_eval_loss"], held_out.curve, record["train_curve"], record["eval_loss"])
+
+
+class _HeldOut:
+    """The held-out batches (a quality run's whole split, else train.eval_batches batches) and the evals run on
+    them: their curve, their time and their allocated peak, all kept apart from the training steps' figures."""
+
+    def __init__(self, model, tokens: torch.Tensor, spec: JobSpec, device: torch.device):
+        train = spec.train
+        if spec.quality.measure:
+            self.batches = data_lib.split_windows(tokens, train.batch_size, train.seq_len, spec.quality.eval_tokens)
+            if not self.batches:  # planning checks text files; a hub dataset's split is first seen here
+                raise ValueError(f"the held-out split has {len(tokens)} tokens, fewer than one window of "
+                                 f"train.seq_len={train.seq_len}")
+        else:
+            self.batches = data_lib.eval_batches(tokens, train.batch_size, train.seq_len, train.eval_batches)
+        self.tokens = sum(b.numel() for b in self.batches)
+        self.model, self.device, self.curve, self.seconds = model, device, [], 0.0
+        self.peak = None
+
+    @torch.no_grad()
+    def loss(self, step: int) -> float:
+        """Mean loss per predicted token over the batches (each window predicts seq_len - 1 tokens, so a batch's mean
+        weighs by its windows), appended to the curve at `step`."""
+        clock, cuda = time.perf_counter(), self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.model.eval()
+        total = 0.0
+        for batch in self.batches:
+            batch = batch.to(self.device)
+            total += self.model(input_ids=batch, labels=batch).loss.float().item() * len(batch)
+        self.model.train()
+        value = total / sum(len(b) for b in self.batches)
+        if cuda:
+            self.peak = max(self.peak or 0, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)  # the next training step's peak starts from here
+        self.curve.append([step, value])
+        self.seconds += time.perf_counter() - clock
+        return value

@@ -4,8 +4,11 @@ from collections import Counter
 import pytest
 import torch
 
+from harness.config import plan
 from harness.data import RandomWindows, eval_batches, load_tokens, split_windows
 from harness.schema import SyntheticSpec, TextSpec
+from harness.train import run_training
+from tests.helpers import rows_of, run_cli
 
 
 def _spec(**kw):
@@ -62,6 +65,82 @@ def test_whole_split_eval_windows_cover_the_split_or_the_cap():
     assert [len(b) for b in batches] == [4] * 15 + [2]  # 62 windows: 992 tokens, the last 8 dropped
     assert torch.equal(torch.cat(batches).reshape(-1), torch.arange(992))
     assert sum(b.numel() for b in split_windows(tokens, 4, 16, max_tokens=100)) == 96  # 6 windows of the first 100
+
+
+def _corpus(path, n_words=6000):
+    rng = __import__("random").Random(0)
+    words = ["".join(rng.choices("abcdefghij", k=rng.randint(1, 7))) for _ in range(n_words)]
+    path.write_text("\n".join(" ".join(words[i:i + 10]) for i in range(0, n_words, 10)))
+    return path
+
+
+QUALITY = ["dataset=text_file", "train.steps=6", "train.warmup_steps=2", "train.seq_len=32",
+           "train.batch_size=2", "train.eval_batches=1", "run.device=cpu"]
+
+
+def _job(tmp_path, *overrides, measure="true"):
+    (job,) = plan([f"dataset.path={_corpus(tmp_path / 'c.txt')}", *QUALITY, f"quality.measure={measure}", *overrides,
+                   f"run.results_dir={tmp_path / 'r'}"])
+    record = {}
+    run_training(job.spec, torch.device("cpu"), record)
+    return record
+
+
+def test_a_quality_run_that_diverges_says_so_in_its_verdict(tmp_path):
+    from harness.train import Diverged
+
+    def nan_weights(stage, model):  # what run.inject_fault=nan_loss does, after the model is built
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+
+    (job,) = plan([f"dataset.path={_corpus(tmp_path / 'c.txt')}", *QUALITY, "quality.measure=true",
+                   f"run.results_dir={tmp_path / 'r'}"])
+    record = {}
+    with pytest.raises(Diverged):
+        run_training(job.spec, torch.device("cpu"), record, nan_weights)
+    assert record["verdict"] == "diverged" and "not finite" in record["verdict_reason"]
+    assert record["train_curve"][-1][0] == record["diverged_step"] == 0 and math.isnan(record["train_curve"][-1][1])
+    assert math.isnan(record["initial_eval_loss"])
+
+
+def test_quality_run_evaluates_the_whole_held_out_split_with_curves(tmp_path):
+    row = _job(tmp_path, "quality.eval_every=2")
+    windows = row["eval_corpus_tokens"] // 32
+    assert row["eval_tokens"] == 32 * windows and row["eval_batches"] == math.ceil(windows / 2) > 1
+    assert [step for step, _ in row["eval_curve"]] == [0, 2, 4, 6]
+    assert row["eval_curve"][0][1] == row["initial_eval_loss"] and row["eval_curve"][-1][1] == row["eval_loss"]
+    assert row["initial_eval_loss"] == pytest.approx(math.log(1024), abs=0.3)  # llama_tiny at init: near uniform
+    assert [step for step, _ in row["train_curve"]] == list(range(6))
+    assert row["budget_steps"] == 6 and row["budget_tokens"] == 6 * 2 * 32
+    assert row["budget_epochs"] == row["budget_tokens"] / row["train_corpus_tokens"]
+    assert row["quality_measured"] and row["tokenizer"] == "bpe" and row["verdict"] in ("learned", "not_learning")
+    assert row["verdict_reason"]
+
+
+def test_quality_eval_stops_at_eval_tokens_and_a_memory_run_keeps_its_batches(tmp_path):
+    row = _job(tmp_path, "quality.eval_tokens=100")
+    assert row["eval_tokens"] == 96 and row["eval_batches"] == 2 and [s for s, _ in row["eval_curve"]] == [0, 6]
+    memory = _job(tmp_path, measure="false")
+    assert memory["eval_batches"] == 1 and memory["eval_tokens"] == 2 * 32 and not memory["quality_measured"]
+    assert "eval_curve" not in memory and "initial_eval_loss" not in memory and memory["verdict"] is None
+
+
+def test_train_curve_is_strided_to_stay_small(tmp_path, monkeypatch):
+    import harness.train
+
+    monkeypatch.setattr(harness.train, "TRAIN_CURVE_POINTS", 4)  # 6 steps: every 2nd
+    row = _job(tmp_path, measure="false")
+    assert [step for step, _ in row["train_curve"]] == [0, 2, 4, 5]
+
+
+def test_a_quality_row_from_the_cli_holds_curves_budget_and_verdict(tmp_path):
+    proc = run_cli([f"dataset.path={_corpus(tmp_path / 'c.txt')}", *QUALITY, "quality.measure=true",
+                    "quality.eval_every=3"], tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = rows_of(tmp_path / "r")
+    assert [s for s, _ in row["eval_curve"]] == [0, 3, 6] and len(row["train_curve"]) == 6
+    assert row["budget_tokens"] == 384 and row["tokenizer_vocab_size"] <= 1024 and len(row["tokenizer_hash"]) == 64
+    assert row["verdict"] in ("learned", "not_learning") and row["quality_measured"] is True
 
 
 @pytest.mark.parametrize("raw", [b"a\r\nb\rc\n\n", b"\n", b"\r\n\r\n", b"x\x0by\x0cz\xc2\x85w\xe2\x80\xa8v\n\n\n",
