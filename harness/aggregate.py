@@ -23,7 +23,9 @@ from harness.config import OPERATIONAL_KEYS
 from harness.results import COLUMNS, read_rows
 from harness.verdict import NOISE_SIGMAS, improvement, sweep_verdicts
 
-GROUP_KEYS = ["model", "dataset", "method", "scenario", "gpu", "device", "dtype", "batch_size", "seq_len"]
+GROUP_KEYS = ["model", "dataset", "tokenizer", "method", "scenario", "gpu", "device", "dtype", "batch_size", "seq_len"]
+# a quality panel: the configs whose final eval losses compare (same held-out tokens, same budget)
+PANEL_KEYS = ["model", "dataset", "tokenizer", "scenario", "budget_tokens"]
 METRICS = ["peak_allocated", "peak_reserved", "nvml_process_peak", "cpu_live_peak", "weights", "grads",
            "optimizer_state", "activations", "step_ms", "tokens_per_s", "mfu", "train_loss", "eval_loss", "eval_ppl"]
 SPREAD = ("step_ms", "tokens_per_s", "eval_loss", "peak_allocated")  # min/max over repeats kept beside the median
@@ -85,7 +87,7 @@ def load_rows(paths: list[Path]) -> pd.DataFrame:
     frame = pd.DataFrame(rows).drop(columns=["config"], errors="ignore")
     frame["verdict"] = [v for v, _ in judged]
     frame["verdict_reason"] = [r for _, r in judged]
-    for col in COLUMNS:
+    for col in COLUMNS + GROUP_KEYS:  # rows from before the tokenizer field have none
         if col not in frame:
             frame[col] = None
     return frame.reset_index(drop=True)
@@ -150,13 +152,13 @@ def _quality(line: dict, group: pd.DataFrame) -> dict:
 
 
 def _vs_best(table: pd.DataFrame) -> pd.Series:
-    """Per panel (model, dataset, scenario, budget): `best` for the learned config of lowest mean eval loss; `≈ best`
+    """Per panel (PANEL_KEYS): `best` for the learned config of lowest mean eval loss; `≈ best`
     where |mean - best| < NOISE_SIGMAS x sqrt(std² / n + std_best² / n_best) (the standard error of the difference of
     two means over seeds: about 95 % for 2 sigma); `worse` beyond it; `n/a (1 seed)` where either has one run; `-`
     for configs that did not learn."""
     result = pd.Series("-", index=table.index, dtype=object)
     learned = table[table["verdict"] == "learned"].dropna(subset=["eval_loss"])
-    for _, panel in learned.groupby(["model", "dataset", "scenario", "budget_tokens"], dropna=False):
+    for _, panel in learned.groupby(PANEL_KEYS, dropna=False):
         best = panel.loc[panel["eval_loss"].idxmin()]
         for index, line in panel.iterrows():
             if index == best.name:
@@ -261,6 +263,11 @@ def _si(value: float) -> str:
                 or e == 0)
 
 
+def data_label(line) -> str:
+    """`c4` or, where the rows name their tokenizer, `c4 (bpe tokens)`."""
+    return line["dataset"] + (f" ({line['tokenizer']} tokens)" if line.get("tokenizer") not in (None, "-") else "")
+
+
 def budget_label(line) -> str:
     """`10.5M tokens, 2000 steps, 0.41 epochs` (epochs: tokens / training corpus tokens)."""
     parts = [f"{_si(line['budget_tokens'])} tokens" if pd.notna(line.get("budget_tokens")) else "budget unknown"]
@@ -278,8 +285,8 @@ def _mean_std(mean, std) -> str:
 
 
 def _quality_markdown(table: pd.DataFrame) -> str:
-    panels = table.drop_duplicates(["model", "dataset", "scenario", "gpu", "budget_tokens"])
-    caption = [f"Quality: {p['model']} on {p['dataset']} ({p['scenario']}, {p['gpu']}), budget {budget_label(p)}."
+    panels = table.drop_duplicates(PANEL_KEYS + ["gpu"])
+    caption = [f"Quality: {p['model']} on {data_label(p)} ({p['scenario']}, {p['gpu']}), budget {budget_label(p)}."
                for _, p in panels.iterrows()]
     caption.append(f"eval loss: final held-out loss (nats/token), mean ± std (n - 1) over the runs (seeds) that "
                    f"ended ok; improvement: initial - final eval loss; verdict: harness/verdict.py, `mixed` where the "

@@ -1,7 +1,7 @@
 """Report plots from the tidy table of harness.aggregate (one line per config).
 
 Quality lines (`quality_measured`): final eval loss against peak memory and against throughput, one panel per model,
-dataset, scenario and budget, the GPU, budget and seeds in its title; error bars are the std over seeds; configs that
+dataset (and tokenizer), scenario and budget, the GPU, budget and seeds in its title; error bars are the std over seeds; configs that
 did not learn (harness/verdict.py) are hollow and grey with their verdict, and the Pareto front runs through learned
 configs only. Each config has its own colour and marker in a legend, so no label sits on a point.
 Memory lines: memory and throughput only (the stacked breakdown per method, throughput bars); never a loss axis.
@@ -16,12 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.aggregate import budget_label  # noqa: E402
+from harness.aggregate import PANEL_KEYS, budget_label, data_label  # noqa: E402
 
 GIB = 2**30
 MARKERS = "osD^vP*Xhp<>8Hd"
 NOT_LEARNED = "0.55"  # grey of the configs that did not learn
-PANEL_KEYS = ["model", "dataset", "scenario", "budget_tokens"]
 
 
 def pareto_front(points: list[tuple[float, float]], minimize_x: bool) -> list[int]:
@@ -109,7 +108,7 @@ def _quality_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path
         _quality_panel(ax, sub.reset_index(drop=True), x_col, scale, minimize_x)
         first = sub.iloc[0]
         gpus = ", ".join(dict.fromkeys(sub["gpu"].astype(str)))
-        ax.set_title(f"{first['model']} on {first['dataset']} ({first['scenario']}), {gpus}\n"
+        ax.set_title(f"{first['model']} on {data_label(first)} ({first['scenario']}), {gpus}\n"
                      f"budget {budget_label(first)}; {_seeds(sub)} per config", fontsize=9)
         ax.set_xlabel(x_label)
         ax.set_ylabel("final eval loss (nats/token)")

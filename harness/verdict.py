@@ -87,7 +87,7 @@ def job_verdict(initial_eval_loss, eval_curve: Sequence, train_curve: Sequence, 
 
 
 def _budget_key(row: dict) -> tuple:
-    return row.get("model"), row.get("dataset"), row.get("scenario"), row.get("budget_tokens")
+    return row.get("model"), row.get("dataset"), row.get("tokenizer"), row.get("scenario"), row.get("budget_tokens")
 
 
 def improvement(row: dict) -> float | None:
@@ -101,7 +101,8 @@ def sweep_verdicts(rows: Iterable[dict]) -> list[tuple[str | None, str | None]]:
 
     Each row carries its job's verdict (`verdict`, `verdict_reason`; a row of status diverged is diverged) and its
     sweep's `not_learning_fraction` f. A learned row becomes not_learning when, against the baseline B = the rows of
-    method adamw with the same model, dataset, scenario and budget_tokens that learned (mean over their seeds):
+    method adamw with the same model, dataset, tokenizer, scenario and budget_tokens that learned (mean over their
+    seeds):
     - improvement < f x mean improvement of B, or
     - improvement < NOISE_SIGMAS x std of B's final eval loss over seeds (sample std; needs >= 2 seeds): a gain
       the seed-to-seed spread of the baseline alone could give.

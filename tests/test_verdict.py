@@ -150,3 +150,10 @@ def test_rows_that_are_no_quality_measurement_get_no_verdict():
 def test_a_row_without_a_verdict_is_judged_from_its_curves():
     row = {**_row("galore", 0, 27.5), "verdict": None, "verdict_reason": None}
     assert sweep_verdicts([row])[0] == ("diverged", "final eval loss 27.5 is above the initial 10.4")
+
+
+def test_a_baseline_on_other_tokens_is_no_baseline():
+    """Losses per BPE token and per byte are different units: a byte-level adamw run judges no BPE run."""
+    rows = _baseline(tokenizer="bytes") + [_row("mezo", 0, 10.0, tokenizer="bpe")]
+    verdict, reason = sweep_verdicts(rows)[-1]
+    assert verdict == "learned" and "no full-rank adamw run" in reason
