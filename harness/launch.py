@@ -74,13 +74,17 @@ def reset_interrupt() -> None:
     _STOPPING.clear()
 
 
+try:  # loaded here, not in the child: a child forked from a threaded parent (run.parallel > 1) must not dlopen
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not Linux: orphans end at their timeout instead
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it when the parent dies (a killed sweep leaves no orphan
-    job running on, holding the GPU, writing a result nobody reads)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: orphans end at their timeout instead
-        pass
+    """In the child, before exec: ask Linux to SIGKILL it when the parent (thread) dies (a killed sweep leaves no
+    orphan job running on, holding the GPU, writing a result nobody reads)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _with_project_path(env: dict) -> dict:
