@@ -58,7 +58,8 @@ def _memory_column(table: pd.DataFrame) -> tuple[str, str]:
 
 
 def _seeds(panel: pd.DataFrame) -> str:
-    low, high = panel["eval_loss_n"].min(), panel["eval_loss_n"].max()
+    # int(): next to memory rows in one table the counts are floats (NaN for those rows)
+    low, high = int(panel["eval_loss_n"].min()), int(panel["eval_loss_n"].max())
     return f"{low} seed{'s' if high > 1 else ''}" if low == high else f"{low}-{high} seeds"
 
 
@@ -113,7 +114,7 @@ def _quality_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path
         ax.set_xlabel(x_label)
         ax.set_ylabel("final eval loss (nats/token)")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the two-line suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
