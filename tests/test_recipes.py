@@ -137,8 +137,8 @@ def test_cfg_job_shows_the_recipe_and_the_values(capsys, results_dir):
     assert "scale: 0.0625" in out and "recipes" not in out
 
 
-def test_the_quality_sweep_plans_its_27_jobs_at_the_60m_recipes(results_dir, monkeypatch):
-    """conf/sweep/quality_60m.yaml as a GPU host plans it (a GPU faked for planning): 9 methods x 3 seeds, quality runs
+def test_the_quality_sweep_plans_its_45_jobs_at_the_60m_recipes(results_dir, monkeypatch):
+    """conf/sweep/quality_60m.yaml as a GPU host plans it (a GPU faked for planning): 9 methods x 5 seeds, quality runs
     at the papers' schedule, several jobs at once."""
     import yaml
 
@@ -149,7 +149,7 @@ def test_the_quality_sweep_plans_its_27_jobs_at_the_60m_recipes(results_dir, mon
         pytest.skip("the wikitext-2 files are not at conf/dataset/wikitext2.yaml's paths on this machine")
     monkeypatch.setattr("harness.config.nvidia_gpu_count", lambda: 1)
     jobs = plan(["sweep=quality_60m", f"run.results_dir={results_dir}"])
-    assert len(jobs) == 27 and {j.spec.train.seed for j in jobs} == {0, 1, 2}
+    assert len(jobs) == 45 and {j.spec.train.seed for j in jobs} == {0, 1, 2, 3, 4}
     by_method = {j.spec.method.name: j for j in jobs}
     assert set(by_method) == {"adamw", "adamw8bit", "galore", "apollo", "apollo_mini", "fira", "frugal",
                               "lora_pretrain", "lowrank_pretrain"}
@@ -158,4 +158,4 @@ def test_the_quality_sweep_plans_its_27_jobs_at_the_60m_recipes(results_dir, mon
     assert all(j.spec.quality.measure and 6 <= j.spec.run.parallel <= 9 for j in jobs)
     assert by_method["galore"].config["method"]["optimizer"]["rank"] == 128
     assert by_method["lowrank_pretrain"].config["method"]["transform_options"]["factorized"]["rank"] == 128
-    assert len({j.run_id for j in jobs}) == 27
+    assert len({j.run_id for j in jobs}) == 45
