@@ -4,7 +4,7 @@
     python -m harness.gate update --rows R.jsonl [...]          --baseline results/baselines/cpu.csv
 
 Rows and baseline lines are keyed by (device, model, dataset, method, scenario, batch_size, seq_len). For each key
-the latest row is compared with the baseline, metric by metric, with tolerances set from measured noise (TOLERANCES).
+the latest memory-sweep row (quality runs are left out) is compared with the baseline, metric by metric, with tolerances set from measured noise (TOLERANCES).
 Reported: regressions, improvements, status changes (ok → oom), keys that vanished or appeared. Exit code 1 on a
 regression, a status change away from ok, or a vanished key. Time is gated only with --time, and then a timing
 metric is a regression only when the two latest rows of that key (two consecutive runs) both exceed the tolerance
@@ -69,7 +69,9 @@ def load_baseline(path: Path) -> pd.DataFrame:
 
 
 def _rows_frame(paths: list[Path]) -> pd.DataFrame:
-    rows = [r for p in paths for r in read_rows(p)]
+    # Quality runs share their key with the memory sweeps of the same config but run other recipes, budgets and
+    # tokenizers, several at once: the gate guards memory sweeps, so a quality row would only displace their numbers.
+    rows = [r for p in paths for r in read_rows(p) if not r.get("quality_measured")]
     if not rows:
         raise BaselineError(f"no rows in {', '.join(map(str, paths))}")
     frame = pd.DataFrame(rows).drop(columns=["config"], errors="ignore")

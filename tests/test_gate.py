@@ -123,3 +123,14 @@ def test_committed_gpu_baselines_are_made_from_the_committed_rows(tmp_path):
         assert update(rows, tmp_path / baseline.name) == 0
         pd.testing.assert_frame_equal(load_baseline(baseline), load_baseline(tmp_path / baseline.name),
                                       check_exact=True, obj=f"{baseline} against the one its rows make now")
+
+
+def test_quality_rows_of_the_same_key_do_not_displace_memory_rows(tmp_path):
+    """A quality run keys like the memory sweep of its config (same model, data, method, shape) but runs another
+    recipe and budget: `update` and `check` read the memory rows only."""
+    rows = tmp_path / "r.rows.jsonl"
+    memory = {**_rows([100.0], peak=1000).iloc[0].to_dict(), "run_id": "a"}
+    for row in (memory, {**memory, "peak_allocated": 5000, "timestamp": "2026-01-09", "quality_measured": True}):
+        append_row(rows, row)
+    assert update([rows], tmp_path / "b.csv") == 0
+    assert load_baseline(tmp_path / "b.csv")["peak_allocated"].tolist() == [1000]
