@@ -114,7 +114,7 @@ def _quality_plot(table, x_col, x_label, minimize_x, scale, path, title) -> Path
         ax.set_xlabel(x_label)
         ax.set_ylabel("final eval loss (nats/token)")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the two-line suptitle
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
