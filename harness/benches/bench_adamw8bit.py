@@ -21,6 +21,7 @@ from harness import CONF_DIR
 from harness.benches.timing import (
     interleaved_time_ms,
     matmul_load,
+    parse_timing_args,
     print_table,
     profile_table,
     step_fields,
@@ -75,12 +76,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--load-ms", type=float, default=150.0,
-                        help="ms of bf16 matmuls before every timed call (timing.matmul_load); 0: none")
-    parser.add_argument("--profile", nargs="+", metavar="VARIANT",
-                        help="print these variants' per-kernel time tables instead of benchmarking")
-    args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    args, device, dtype = parse_timing_args(parser, argv)
     shapes = llama_shapes(args.model)
     n_params = sum(torch.Size(s).numel() for s in shapes)
     variants = {"torch_adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=device.type == "cuda"),

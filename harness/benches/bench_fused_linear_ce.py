@@ -27,6 +27,7 @@ from harness.benches.timing import (
     allocated_bytes,
     interleaved_time_ms,
     matmul_load,
+    parse_timing_args,
     peak_bytes,
     print_table,
     profile_table,
@@ -150,12 +151,7 @@ def main(argv=None) -> None:
     # 0.05 gives logits of std 0.16 at hidden 4096 (nearly uniform: gradient filters skip almost every block);
     # 0.22 gives std ~3, peaked like a trained head's, where they skip far less
     parser.add_argument("--input-scale", type=float, default=0.05, help="std of the random hidden states and weight")
-    parser.add_argument("--load-ms", type=float, default=150.0,
-                        help="ms of bf16 matmuls before every timed call (timing.matmul_load); 0: none")
-    parser.add_argument("--profile", nargs="+", metavar="VARIANT",
-                        help="print these variants' per-kernel time tables instead of benchmarking")
-    args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    args, device, dtype = parse_timing_args(parser, argv)
     rows = []
     for vocab in args.vocab:
         rows += measure(variants(device), args.tokens, args.hidden, vocab, dtype, device, args.repeats,

@@ -19,6 +19,17 @@ from harness.results import append_row
 from membench_kernels.common import cuda_time_ms
 
 
+def parse_timing_args(parser, argv) -> tuple:
+    """The options every training-step bench shares (--load-ms, --profile; it defines --device and --dtype), parsed:
+    (args, device, dtype)."""
+    parser.add_argument("--load-ms", type=float, default=150.0,
+                        help="ms of bf16 matmuls before every timed call (timing.matmul_load); 0: none")
+    parser.add_argument("--profile", nargs="+", metavar="VARIANT",
+                        help="print these variants' per-kernel time tables instead of benchmarking")
+    args = parser.parse_args(argv)
+    return args, torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+
+
 def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10,
             before_each=None) -> tuple[float, float, float]:
     """(median, p20, p80) milliseconds of fn(), after warm-up, each call bracketed by a synchronize."""
