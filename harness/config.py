@@ -173,24 +173,43 @@ def _split_sizes(data, model, config: dict) -> tuple[tuple[int, str], tuple[int,
     cache when it can be written; harness/tokenizer.py). Text paths are made absolute in `config`, for the job."""
     from dataclasses import replace
 
-    from harness.data import load_tokens
-    from harness.tokenizer import cache_dir
-
     if isinstance(data, SyntheticSpec):
         return (data.train_tokens, "dataset.train_tokens"), (data.eval_tokens, "dataset.eval_tokens")
     if not isinstance(data, TextSpec):
         return None
     paths = {key: str(_resolve_path(getattr(data, key))) for key in ("path", "eval_path") if getattr(data, key)}
-    for key, path in paths.items():
-        config["dataset"][key] = path
-        _check_text_file(Path(path), f"dataset.{key}")
-    train, held_out, _ = load_tokens(replace(data, **paths), model.vocab_size, cache_dir(None))
+    config["dataset"].update(paths)
+    n_train, n_held_out = _text_token_counts(replace(data, **paths), model.vocab_size,
+                                             tuple(_file_state(path) for path in paths.values()))
     tokens = f"dataset.tokenizer={data.tokenizer}"
     if data.eval_path is None:
         how = f"dataset.path={data.path} with dataset.eval_fraction={data.eval_fraction} held out, {tokens}"
-        return (len(train), how), (len(held_out), how)
-    return (len(train), f"dataset.path={data.path}, {tokens}"), (len(held_out), f"dataset.eval_path={data.eval_path}, "
-                                                                 f"{tokens}")
+        return (n_train, how), (n_held_out, how)
+    return (n_train, f"dataset.path={data.path}, {tokens}"), (n_held_out, f"dataset.eval_path={data.eval_path}, "
+                                                              f"{tokens}")
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size
+    except OSError:  # missing or unreadable: _text_token_counts says which, in one line
+        return None
+
+
+@lru_cache(maxsize=16)
+def _text_token_counts(data: TextSpec, vocab_size: int | None, file_states: tuple) -> tuple[int, int]:
+    """Tokens of the training and held-out splits of a text dataset (absolute paths), after checking its files.
+    Memoized: every job of a sweep on the same data asks, and each would read and encode the corpus again;
+    `file_states` (mtime and size of each file) is in the key only so that a file changed since is read anew."""
+    from harness.data import load_tokens
+    from harness.tokenizer import cache_dir
+
+    for key in ("path", "eval_path"):
+        if getattr(data, key):
+            _check_text_file(Path(getattr(data, key)), f"dataset.{key}")
+    train, held_out, _ = load_tokens(data, vocab_size, cache_dir(None))
+    return len(train), len(held_out)
 
 
 def _check_local_hub_name(key: str, name: str | None, needs: str | None) -> None:
