@@ -13,11 +13,12 @@ from __future__ import annotations
 from harness.schema import ConfigError
 
 
-def _leaves(node: dict, prefix: str) -> list[tuple[str, object]]:
+def leaves(node: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every leaf of a nested config mapping; an empty mapping is a leaf."""
     out = []
     for key, value in node.items():
-        path = f"{prefix}.{key}"
-        out.extend(_leaves(value, path) if isinstance(value, dict) and value else [(path, value)])
+        path = f"{prefix}.{key}" if prefix else key
+        out.extend(leaves(value, path) if isinstance(value, dict) and value else [(path, value)])
     return out
 
 
@@ -59,7 +60,7 @@ def apply_recipe(config: dict, given: set[str], models: tuple[str, ...]) -> tupl
         raise ConfigError(f"method.recipes.{unknown[0]} names no model; allowed: {', '.join(models)}")
     model = config.get("model", {}).get("name")
     applied = []
-    for key, value in _leaves(recipes.get(model) or {}, "method"):
+    for key, value in leaves(recipes.get(model) or {}, "method"):
         if not _exists(config, key):
             raise ConfigError(f"method.recipes.{model}: {key.removeprefix('method.')} is no key of method "
                               f"{method.get('name')}; a recipe may set only the method's own keys")

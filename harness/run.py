@@ -31,14 +31,9 @@ from tqdm import tqdm
 from harness.config import GROUPS, ConfigError, default_config, group_options, plan
 from harness.launch import Interrupted, interrupt_jobs, reset_interrupt, run_job, stop_servers
 from harness.provenance import git_state
+from harness.recipes import leaves
 from harness.results import SweepRefused, append_row, describe, read_rows, sweep_lock, write_json_atomic
 from harness.schema import RunSpec, TrainSpec, _describe
-
-
-def _leaves(node, prefix: str = "") -> list[tuple[str, object]]:
-    if isinstance(node, dict) and node:
-        return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
-    return [(prefix.rstrip("."), node)]
 
 
 def _choices(key: str) -> str:
@@ -52,7 +47,7 @@ def _choices(key: str) -> str:
 def _usage() -> str:
     groups = "\n".join(f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS)
     keys = "\n".join(f"  {key}={value if isinstance(value, str) else json.dumps(value)}{_choices(key)}"
-                     for key, value in _leaves(default_config()))
+                     for key, value in leaves(default_config()))
     return (f"{__doc__}\nConfig groups and their options:\n{groups}\n\nEvery key and its default (the group keys as "
             f"the default options give them; --cfg job shows a job's own):\n{keys}\n")
 
