@@ -7,7 +7,7 @@ import yaml
 
 from harness.config import _compose, default_config, plan
 from harness.hints import _HOMES
-from harness.run import _leaves
+from harness.recipes import leaves
 from harness.schema import ConfigError
 from tests.helpers import run_cli
 
@@ -15,7 +15,7 @@ from tests.helpers import run_cli
 def test_help_lists_every_key_with_its_default(tmp_path):
     proc = run_cli(["--help"], tmp_path / "results")
     assert proc.returncode == 0
-    keys = [key for key, _ in _leaves(default_config())]
+    keys = [key for key, _ in leaves(default_config())]
     assert len(keys) > 40 and all(f"\n  {key}=" in proc.stdout for key in keys)
     for line in ("train.batch_size=8", "gpu.memory_bytes=null", "run.force=false", "method.optimizer.betas=[0.9, 0.999]"):
         assert f"\n  {line}\n" in proc.stdout
