@@ -38,8 +38,7 @@ def optimizer_part(method):
     """(module, parsed options) of the method's optimizer; ConfigError on an unknown name or option."""
     options = dict(method.optimizer)
     module = _choose(OPTIMIZERS, options.pop("name", None), "method.optimizer.name")
-    with _options_of("method.optimizer", module.Options):
-        return module, parse(module.Options, options, "method.optimizer")
+    return module, parse(module.Options, options, "method.optimizer")  # parse reports the Options' own ValueError
 
 
 def transform_options(method, name: str):
@@ -50,8 +49,7 @@ def transform_options(method, name: str):
         if given:
             raise ConfigError(f"transform {name} takes no options; remove {where}")
         return None
-    with _options_of(where, module.Options):
-        return parse(module.Options, given, where)
+    return parse(module.Options, given, where)
 
 
 def check_method(method, device: str, model_spec) -> None:
