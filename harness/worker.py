@@ -23,6 +23,9 @@ from harness.schema import JobSpec
 from harness.train import Diverged, run_training
 from methods import MissingRequirement
 
+# What a job does, by its scenario's kind (conf/scenario/*.yaml `kind:`): each runner fills the record in place.
+RUNNERS = {"train": run_training}
+
 
 def one_line(error: BaseException, limit: int = 400) -> str:
     text = " ".join(str(error).split())
@@ -96,7 +99,7 @@ def execute(job_dir: Path) -> dict:
             record["host_memory_limit"] = limit[0]
         if "MEMBENCH_LAUNCHED_AT" in os.environ:
             record["startup_s"] = time.time() - float(os.environ["MEMBENCH_LAUNCHED_AT"])
-        run_training(spec, device, record, _fault_injector(spec.run.inject_fault))
+        RUNNERS[spec.scenario.kind](spec, device, record, _fault_injector(spec.run.inject_fault))
     except MissingRequirement as e:
         record.update(status="skipped", error=one_line(e))
     except torch.OutOfMemoryError as e:
