@@ -35,7 +35,7 @@ from harness.tokenizer import check_vocab
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
 OPERATIONAL_KEYS = ("run.force", "run.retry_failed", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
-                    "run.host_memory_limit_gib", "run.parallel")
+                    "run.host_memory_limit_gib", "run.parallel", "run.resume_from")
 
 
 @cache
@@ -198,6 +198,15 @@ def _file_state(path: str) -> tuple[int, int] | None:
 
 
 @lru_cache(maxsize=16)
+def _content_digest(path: str, file_state: tuple | None) -> str:
+    """sha256 of the file's bytes (`file_state` keys the memo, as for the token counts); the path when unreadable."""
+    if file_state is None:
+        return path
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@lru_cache(maxsize=16)
 def _text_token_counts(data: TextSpec, vocab_size: int | None, file_states: tuple) -> tuple[int, int]:
     """Tokens of the training and held-out splits of a text dataset (absolute paths), after checking its files.
     Memoized: every job of a sweep on the same data asks, and each would read and encode the corpus again;
@@ -255,6 +264,9 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
         raise ConfigError(f"train.seq_len={train.seq_len} exceeds model {model.name}'s "
                           f"max_position_embeddings={model.max_position_embeddings}")
     check_vocab(data, model)
+    for path in spec.run.resume_from or ():
+        if not _resolve_path(path).is_file():
+            raise ConfigError(f"run.resume_from: no rows file at {_resolve_path(path)}")
     sizes = _split_sizes(data, model, config)
     if sizes is not None:
         _check_windows(train, spec.quality, sizes)
@@ -325,10 +337,16 @@ def _check_job_dir(job_dir: Path, results_dir: Path) -> None:
 
 
 def run_id_of(config: dict, repeat: int) -> str:
+    """The job's identity: its config without the operational keys, a text file named by its content (sha256) rather
+    than its path, so that rows made on another machine, where the corpus lives elsewhere, resume the same sweep."""
     identity = json.loads(json.dumps(config))
     for dotted in OPERATIONAL_KEYS:
         section, key = dotted.split(".")
         identity.get(section, {}).pop(key, None)
+    data = identity.get("dataset", {})
+    for key in ("path", "eval_path"):
+        if data.get("kind") == "text" and data.get(key):
+            data[key] = _content_digest(data[key], _file_state(data[key]))
     blob = json.dumps({"config": identity, "repeat": repeat}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from harness.config import GROUPS, ConfigError, default_config, group_options, plan
+from harness.config import GROUPS, ConfigError, _resolve_path, default_config, group_options, plan
 from harness.launch import Interrupted, interrupt_jobs, reset_interrupt, run_job, stop_servers
 from harness.provenance import git_state
 from harness.recipes import leaves
@@ -122,12 +122,27 @@ def run_sweep(jobs, progress: bool = True) -> list[dict]:
         # job counts, and an interrupted job is run again
         done = {r["run_id"]: r for d in sweep_dirs for r in read_rows(d / "rows.jsonl")}
         done = {run_id: r for run_id, r in done.items() if r.get("status") != "interrupted"}
+        _adopt_rows(jobs, done)
         bar = stack.enter_context(tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress,
                                        dynamic_ncols=True))
         kept = _run_jobs(bar, jobs, done, provenance, rows)
     if kept:
         print(_kept_note(kept, provenance))
     return rows
+
+
+def _adopt_rows(jobs, done: dict) -> None:
+    """Rows of the run.resume_from files (made on another machine, committed) whose job is in this sweep and has no
+    row yet: appended to the sweep's rows.jsonl, so that the sweep's folder holds every row, and counted as done."""
+    files = {path for job in jobs for path in job.spec.run.resume_from or ()}
+    found = {}
+    for path in sorted(files):
+        found.update((r["run_id"], r) for r in read_rows(_resolve_path(path)) if r.get("status") != "interrupted")
+    for job in jobs:
+        row = found.get(job.run_id)
+        if row is not None and job.run_id not in done and job.spec.run.resume_from:
+            append_row(job.sweep_dir / "rows.jsonl", row)
+            done[job.run_id] = row
 
 
 def _rerun(job, previous: dict | None) -> bool:

@@ -140,6 +140,7 @@ class RunSpec:
     launcher: Literal["fork", "spawn"]
     host_memory_limit_gib: float | Literal["auto"] | None  # CPU jobs (harness/fits.py)
     parallel: int = 1  # jobs of a sweep running at once (harness/run.py); > 1: their timings are not comparable
+    resume_from: list[str] | None = None  # rows files (e.g. committed ones) whose rows count as this sweep's own
 
     def check(self) -> None:
         limit = self.host_memory_limit_gib

@@ -140,6 +140,8 @@ CASES = [
     ("eval interval < 0", ["quality.eval_every=-1"], "quality.eval_every=-1 is invalid; it must be >= 0"),
     ("not-learning fraction outside (0, 1)", ["quality.not_learning_fraction=1.5"],
      "quality.not_learning_fraction=1.5 is invalid; it must be in (0, 1)"),
+    ("resume from a rows file that is not there", ["run.resume_from=[nowhere.rows.jsonl]"],
+     "run.resume_from: no rows file at"),
     ("low-rank target that matches no matrix", ["method=galore", "method.optimizer.target_modules=[nope]"],
      "method.optimizer.target_modules=['nope']: 'nope' is part of no matrix name of model llama_tiny"),
 ]
