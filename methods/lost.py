@@ -1,0 +1,63 @@
+"""LOST (Li et al., "LOST: Low-rank and Sparse Pre-training for Large Language Models", 2025): each target linear
+layer's random initial weight is split by its singular values into a trained low-rank part and a trained
+channel-wise sparse part:
+
+    W₀ = U Σ Vᵀ;   B = U_r √Σ_r,  A = √Σ_r V_rᵀ   (the dominant r singular directions)
+    W_c = U_{r:} Σ_{r:} V_{r:}ᵀ                    (the remaining singular values)
+    S = W_c[:, K],  K: the ⌈δ · in⌉ input channels (columns) of W_c of largest norm, fixed for the run
+    y = B A x + S x_K
+Trained: B, A and S (dense over its channels); parameters, gradients and optimizer state per layer are r (out + in) +
+out · |K|. The split follows the paper's abstract (SVD, dominant low-rank part, the remaining singular values made
+into channel-wise sparse components); the choice of channels by column norm and the plain sum are this
+implementation's, not checked against the authors' code, which was not available here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_linears  # noqa: F401  (targets, checks as LoRA's)
+from methods.options import COUNT, NAMES, Ranged, between
+
+
+@dataclass(frozen=True)
+class Options(Ranged):
+    RANGES = {"rank": COUNT, "density": between(0, 1), "targets": NAMES}
+
+    rank: int = 128
+    density: float = 0.03  # δ, the share of input channels the sparse part keeps
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+
+class LOSTLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, rank: int, density: float):
+        super().__init__()
+        weight = linear.weight.detach()
+        u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
+        root = s[:rank].sqrt()
+        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype))  # out × r
+        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype))  # r × in
+        complement = (u[:, rank:] * s[rank:]) @ vh[rank:]
+        channels = complement.norm(dim=0).topk(max(1, math.ceil(density * weight.shape[1]))).indices.sort().values
+        self.register_buffer("channels", channels)
+        self.s = nn.Parameter(complement[:, channels].to(weight.dtype))  # out × |K|
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (x @ self.a.T) @ self.b.T + x.index_select(-1, self.channels) @ self.s.T
+        return y if self.bias is None else y + self.bias
+
+
+def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
+    def make(linear: nn.Linear) -> LOSTLinear:
+        if options.rank > min(linear.in_features, linear.out_features):
+            raise ValueError(f"rank {options.rank} exceeds a target layer's size "
+                             f"({linear.out_features} x {linear.in_features})")
+        return LOSTLinear(linear, options.rank, options.density)
+
+    if replace_linears(model, set(options.targets), make) == 0:
+        raise ValueError(f"found no nn.Linear named {options.targets} in {type(model).__name__}")
+    return model
