@@ -28,7 +28,7 @@ from harness import CONF_DIR, PROJECT_ROOT
 from harness.fits import check_weights_fit
 from harness.hints import hint
 from harness.nvml import visible_handles
-from harness.recipes import apply_recipe, resolve_auto_rank, resolve_warmup_fraction
+from harness.recipes import apply_recipe, resolve_auto_rank, resolve_part_seeds, resolve_warmup_fraction
 from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
 from harness.tokenizer import check_vocab
 
@@ -408,6 +408,7 @@ def plan(argv: list[str]) -> list[Job]:
         recipe = apply_recipe(config, given, group_options("model"))
         resolve_auto_rank(config)
         resolve_warmup_fraction(config, given)
+        resolve_part_seeds(config)
         spec = JobSpec.from_dict(config)
         _cross_check(spec, config)
         results_dir = _resolve_path(spec.run.results_dir)

@@ -103,3 +103,16 @@ def resolve_warmup_fraction(config: dict, given: set[str]) -> None:
     steps = train.get("steps")
     if isinstance(steps, int) and 0 <= fraction <= 1:
         train["lr_warmup_steps"] = round(fraction * steps)
+
+
+def resolve_part_seeds(config: dict) -> None:
+    """A method part's `seed: null` (APOLLO's projections, MeZO's and ZO-Adam's perturbations, LISA's layer draws,
+    INT8 stochastic rounding) becomes train.seed, so that a sweep over seeds varies every random choice of the run;
+    a number given in the YAML or on the command line stays."""
+    method, seed = config.get("method"), config.get("train", {}).get("seed")
+    if not isinstance(method, dict):
+        return
+    parts = [method.get("optimizer"), *(method.get("transform_options") or {}).values()]
+    for options in parts:
+        if isinstance(options, dict) and "seed" in options and options["seed"] is None:
+            options["seed"] = seed

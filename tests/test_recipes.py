@@ -159,3 +159,20 @@ def test_the_quality_sweep_plans_its_45_jobs_at_the_60m_recipes(results_dir, mon
     assert by_method["galore"].config["method"]["optimizer"]["rank"] == 128
     assert by_method["lowrank_pretrain"].config["method"]["transform_options"]["factorized"]["rank"] == 128
     assert len({j.run_id for j in jobs}) == 45
+
+
+@pytest.mark.parametrize("method, where", [("apollo", ("optimizer",)), ("mezo", ("optimizer",)),
+                                           ("apollo_mini_int8", ("transform_options", "int8_weights"))])
+def test_a_parts_seed_follows_train_seed_unless_given(method, where, results_dir):
+    """Projections, perturbations and rounding draw from the run's seed: a sweep over train.seed varies them too."""
+    def seed_of(job):
+        options = job.config["method"]
+        for key in where:
+            options = options[key]
+        return options["seed"]
+
+    jobs = _plan(f"method={method}", "-m", "train.seed=3,4", results_dir=results_dir)
+    assert [seed_of(j) for j in jobs] == [3, 4]
+    key = "method." + ".".join(where) + ".seed=11"
+    (job,) = _plan(f"method={method}", "train.seed=3", key, results_dir=results_dir)
+    assert seed_of(job) == 11
