@@ -130,6 +130,17 @@ def _verdict_of(verdicts: list[str]) -> str:
     return "mixed: " + ", ".join(f"{n} {v}" for v, n in counts.items())
 
 
+def _verdict_fields(group: pd.DataFrame) -> dict:
+    """The config's verdict over its runs, and the reason of its first run whose verdict differs from learned (or of
+    its first run); a memory config's is the health check of its training loss (harness/verdict.training_verdict)."""
+    judged = group[group["verdict"].notna()]
+    if not len(judged):
+        return {"verdict": None, "verdict_reason": ""}
+    worst = judged[judged["verdict"] != "learned"]
+    return {"verdict": _verdict_of(list(judged["verdict"])),
+            "verdict_reason": (worst if len(worst) else judged)["verdict_reason"].iloc[0]}
+
+
 def _quality(line: dict, group: pd.DataFrame) -> dict:
     """Mean ± std over the runs (seeds) that ended ok of the final eval loss and of the improvement over the initial
     loss; the budget; the config's verdict and the reason of its first run whose verdict differs from learned (or of
@@ -143,10 +154,7 @@ def _quality(line: dict, group: pd.DataFrame) -> dict:
     for name in ("budget_tokens", "budget_steps", "budget_epochs", "initial_eval_loss"):
         values = _numbers(group, name)
         line[name] = values.median() if len(values) else None
-    judged = group[group["verdict"].notna()]
-    line["verdict"] = _verdict_of(list(judged["verdict"])) if len(judged) else None
-    worst = judged[judged["verdict"] != "learned"]
-    line["verdict_reason"] = (worst if len(worst) else judged)["verdict_reason"].iloc[0] if len(judged) else ""
+    line.update(_verdict_fields(group))
     line["timing_comparable"] = "timing_comparable" not in group or not group["timing_comparable"].eq(False).any()
     return line
 
@@ -185,7 +193,7 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in GROUP_KEYS if k in frame] + ["transforms", "settings"]
     frame[keys] = frame[keys].fillna("-")
     quality = frame["quality_measured"].astype(bool)
-    lines = [_common(key, keys, group) | {"quality_measured": False}
+    lines = [_common(key, keys, group) | {"quality_measured": False} | _verdict_fields(group)
              for key, group in frame[~quality].groupby(keys, sort=False, dropna=False)]
     if quality.any():
         part = frame[quality].assign(budget_tokens=frame["budget_tokens"] if "budget_tokens" in frame else None)
@@ -253,7 +261,7 @@ def _shown(table: pd.DataFrame, columns: list[str]) -> list[str]:
 def _memory_markdown(table: pd.DataFrame) -> str:
     shown = _shown(table, ["model", "method", "transforms", "settings", "status", "repeats", "peak_allocated",
                            "cpu_live_peak", "weights", "grads", "optimizer_state", "activations", "step_ms",
-                           "tokens_per_s", "mfu", "eval_loss"])
+                           "tokens_per_s", "mfu", "eval_loss", "verdict"])
     header = [c + (" (MiB)" if c in MIB_COLUMNS else NOT_QUALITY if c in LOSSES else "") for c in shown]
     return _grid(header, [[_cell(c, r[c]) for c in shown] for _, r in table.iterrows()])
 
@@ -321,7 +329,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     quality, memory = _split(table)
     parts = [_quality_markdown(quality)] if len(quality) else []
     if len(memory):
-        parts.append(f"Memory and throughput; the loss{NOT_QUALITY}: a short run, no baseline, no verdict.\n\n"
+        parts.append(f"Memory and throughput; the loss{NOT_QUALITY}: a short run, no baseline. verdict: whether its "
+                     "training loss fell (harness/verdict.training_verdict), a check of the run, not a quality number."
+                     "\n\n"
                      + _memory_markdown(memory))
     return "\n".join(parts)
 

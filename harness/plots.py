@@ -152,6 +152,15 @@ def _memory_panels(data: pd.DataFrame, width: float) -> tuple:
     return fig, [(ax, sub.reset_index(drop=True)) for ax, (_, sub) in zip(axes[:, 0], panels, strict=True)]
 
 
+def _flag_runs_that_did_not_learn(ax, sub: pd.DataFrame, labels: list[str], heights: list[float]) -> None:
+    """Above each bar whose run's training loss did not fall (verdict diverged / not_learning / mixed), the verdict in
+    red: its memory is real, but that config at those settings is no usable trade-off."""
+    for label, height, verdict in zip(labels, heights, sub.get("verdict", [None] * len(sub)), strict=True):
+        if isinstance(verdict, str) and verdict != "learned":
+            ax.annotate(verdict, (label, height), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", rotation=90, fontsize=7, color="tab:red")
+
+
 def memory_breakdown(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """memory_breakdown.png: per method, the probe's parts stacked (weights, grads, optimizer state, activations,
     the rest of the peak as other / temporaries) and the peak as a black bar; one panel per model and scenario."""
@@ -176,9 +185,12 @@ def memory_breakdown(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.bar(labels, other, bottom=bottom, label="other / temporaries", color="lightgray")
             ax.scatter(labels, (sub[mem_col] / scale).tolist(), marker="_", s=300, color="black", zorder=3,
                        label=mem_label)
+        _flag_runs_that_did_not_learn(ax, sub, labels, [max(b, (p or 0) / scale) for b, p in
+                                                        zip(bottom, sub[mem_col].tolist(), strict=True)])
         ax.set_ylabel(unit)
     fig.axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"memory breakdown per method\nparts: live-tensor probe / storages; black bar: {mem_label}",
+    fig.suptitle(f"memory breakdown per method\nparts: live-tensor probe / storages; black bar: {mem_label}; red: "
+                 "the run's training loss did not fall",
                  fontsize=9)
     return _save(fig, out_dir / "memory_breakdown.png")
 
@@ -196,6 +208,7 @@ def throughput_bars(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         low = [v - m if pd.notna(m) else 0.0 for v, m in zip(values, lows, strict=True)]
         high = [m - v if pd.notna(m) else 0.0 for v, m in zip(values, highs, strict=True)]
         ax.bar(_labels(sub), values, yerr=[low, high], capsize=2, color="tab:blue")
+        _flag_runs_that_did_not_learn(ax, sub, _labels(sub), [v + h for v, h in zip(values, high, strict=True)])
         ax.set_ylabel("tokens/s")
     fig.suptitle("throughput per method (median over repeats; whiskers: min to max)", fontsize=9)
     return _save(fig, out_dir / "throughput.png")

@@ -40,7 +40,7 @@ from harness.probes import (
 )
 from harness.schema import JobSpec
 from harness.tokenizer import cache_dir
-from harness.verdict import job_verdict
+from harness.verdict import job_verdict, training_verdict
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRAIN_CURVE_POINTS = 200  # the training curve keeps every ceil(steps / this)-th step, so a row stays small
@@ -205,6 +205,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
     record["train_s"] = time.perf_counter() - clock - (held_out.seconds - eval_s_before)  # evals are eval_s
     _final_eval(held_out, spec, record)
+    if not spec.quality.measure:
+        record["verdict"], record["verdict_reason"] = training_verdict(record["train_curve"])
 
 
 def _final_eval(held_out, spec, record) -> None:

@@ -86,6 +86,28 @@ def job_verdict(initial_eval_loss, eval_curve: Sequence, train_curve: Sequence, 
     return "learned", f"eval loss fell from {initial_eval_loss:.4g} to {final_eval_loss:.4g}"
 
 
+def training_verdict(train_curve: Sequence) -> tuple[str, str]:
+    """(verdict, reason) of a memory run (quality.measure false) from its training curve alone: a health check of the
+    run that measured the memory, not a quality number. diverged: a loss not finite, or the mean of the last
+    TRAIN_WINDOW train losses above the mean of the first TRAIN_WINDOW by more than FLAT; not_learning: below it by
+    less than FLAT; else learned. Windows shrink to half the curve on short runs."""
+    bad = _first_bad(train_curve)
+    if bad is not None:
+        return "diverged", f"memory run: train loss not finite at step {bad}"
+    if len(train_curve) < 2:
+        return "not_learning", "memory run: too few training steps to tell"
+    window = min(TRAIN_WINDOW, len(train_curve) // 2)
+    first = statistics.fmean(loss for _, loss in train_curve[:window])
+    last = statistics.fmean(loss for _, loss in train_curve[-window:])
+    moved = (f"memory run, {train_curve[-1][0]} steps (not a quality measurement): mean train loss of the first "
+             f"{window} logged steps {first:.4g}, of the last {window} {last:.4g}")
+    if last > first + FLAT:
+        return "diverged", moved
+    if last > first - FLAT:
+        return "not_learning", moved
+    return "learned", moved
+
+
 def _budget_key(row: dict) -> tuple:
     return row.get("model"), row.get("dataset"), row.get("tokenizer"), row.get("scenario"), row.get("budget_tokens")
 
@@ -97,7 +119,7 @@ def improvement(row: dict) -> float | None:
 
 
 def sweep_verdicts(rows: Iterable[dict]) -> list[tuple[str | None, str | None]]:
-    """Final (verdict, reason) per row, in order; (None, None) for rows that are no quality measurement.
+    """Final (verdict, reason) per row, in order; a memory row keeps its own training_verdict (None in older rows).
 
     Each row carries its job's verdict (`verdict`, `verdict_reason`; a row of status diverged is diverged) and its
     sweep's `not_learning_fraction` f. A learned row becomes not_learning when, against the baseline B = the rows of
@@ -117,8 +139,8 @@ def sweep_verdicts(rows: Iterable[dict]) -> list[tuple[str | None, str | None]]:
 
 
 def _job_verdict_of(row: dict) -> tuple[str | None, str | None]:
-    if not row.get("quality_measured"):
-        return None, None
+    if not row.get("quality_measured"):  # a memory run's health check (training_verdict), or none in older rows
+        return (row.get("verdict"), row.get("verdict_reason")) if row.get("status") == "ok" else (None, None)
     if row.get("status") == "diverged":
         own = row.get("verdict_reason") if row.get("verdict") == "diverged" else None
         return "diverged", own or row.get("error") or "training loss not finite"
@@ -132,7 +154,7 @@ def _job_verdict_of(row: dict) -> tuple[str | None, str | None]:
 
 def _final(row: dict, baseline: list[dict]) -> tuple[str | None, str | None]:
     verdict, reason = _job_verdict_of(row)
-    if verdict != "learned":
+    if verdict != "learned" or not row.get("quality_measured"):
         return verdict, reason
     if not baseline:
         return verdict, f"{reason} (no full-rank {BASELINE_METHOD} run that learned at this budget to compare with)"

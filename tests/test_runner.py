@@ -27,6 +27,7 @@ def test_all_rows_ok_with_provenance(sweep):
         assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and row["eval_loss"] > 0
         stages = [row[k] for k in ("startup_s", "load_s", "data_s", "train_s", "eval_s")]
         assert all(t > 0 for t in stages) and sum(stages) < row["wall_s"]  # where the wall time goes
+        assert row["verdict"] in ("learned", "not_learning") and row["verdict_reason"].startswith("memory run")
     assert "status counts: ok=4" in proc.stdout
 
 

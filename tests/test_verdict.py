@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from harness.verdict import FLAT, NOISE_SIGMAS, job_verdict, sweep_verdicts
+from harness.verdict import FLAT, NOISE_SIGMAS, job_verdict, sweep_verdicts, training_verdict
 
 
 def _decay(start, end, steps, every=1, rate=0.05):
@@ -145,6 +145,28 @@ def test_rows_that_are_no_quality_measurement_get_no_verdict():
     failed = _row("galore", 0, 4.0, status="oom")
     nan = {**_row("galore", 1, 4.0), "status": "diverged", "verdict": None, "error": "loss is nan at step 7"}
     assert sweep_verdicts([memory, failed, nan]) == [(None, None), (None, None), ("diverged", "loss is nan at step 7")]
+
+
+@pytest.mark.parametrize("curve, verdict", [
+    ([[1, 10.4], [2, 10.1], [10, 8.0], [20, 7.1], [30, 6.6]], "learned"),
+    ([[1, 10.4], [2, 10.6], [10, 14.0], [20, 21.0], [30, 25.0]], "diverged"),  # GaLore at 1b, lr 1e-2, no warm-up
+    ([[1, 10.4], [2, 10.4], [10, 10.41], [20, 10.39], [30, 10.4]], "not_learning"),  # MeZO for 30 steps
+    ([[1, 10.4], [2, None], [30, 6.0]], "diverged"),
+    ([[1, 10.4]], "not_learning"),
+])
+def test_a_memory_run_gets_a_health_verdict_from_its_training_loss(curve, verdict):
+    assert training_verdict(curve)[0] == verdict
+    assert training_verdict(curve)[1].startswith("memory run")
+
+
+def test_a_memory_rows_own_verdict_passes_through_the_sweep_unrefined():
+    """No baseline refines it (a memory run claims no quality); a failed run has no verdict."""
+    learned = {"method": "lora", "status": "ok", "quality_measured": False, "verdict": "learned",
+               "verdict_reason": "memory run, ..."}
+    diverged = {**learned, "method": "galore", "verdict": "diverged"}
+    oom = {**learned, "status": "oom"}
+    assert sweep_verdicts([*_baseline(), learned, diverged, oom])[3:] == [
+        ("learned", "memory run, ..."), ("diverged", "memory run, ..."), (None, None)]
 
 
 def test_a_row_without_a_verdict_is_judged_from_its_curves():
