@@ -24,7 +24,7 @@ from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from harness import CONF_DIR, PROJECT_ROOT
+from harness import CONF_DIR, PROJECT_ROOT, checkpoints
 from harness.fits import check_weights_fit
 from harness.hints import hint
 from harness.nvml import visible_handles
@@ -57,6 +57,7 @@ class Job:
     run_id: str
     job_dir: Path
     recipe: tuple[str, ...] = ()  # the key=value pairs the method's per-model recipe set (harness/recipes.py)
+    base_run_id: str | None = None  # the base job whose checkpoint this job loads (harness/checkpoints.py)
 
     @property
     def sweep_dir(self) -> Path:
@@ -376,6 +377,12 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str]]:
     return multirun, overrides
 
 
+@lru_cache(maxsize=8)
+def _plan_base(argv: tuple[str, ...]) -> list[Job]:
+    """A base job's plan (model.base), once per sweep for all the jobs that name it."""
+    return plan(list(argv))
+
+
 def plan(argv: list[str]) -> list[Job]:
     """Parse the command line, compose every job of the sweep, validate each; raise ConfigError on any problem."""
     multirun, cli = split_argv(argv)
@@ -405,6 +412,8 @@ def plan(argv: list[str]) -> list[Job]:
         _check_keys_exist(_parse(overrides), _compose(groups_only, throw_on_missing=False))
         config = _compose(overrides)
         given = {o.split("=")[0].lstrip("+~") for o in combo} - set(GROUPS)  # values set, not options chosen
+        base = checkpoints.resolve(config, given, _plan_base)
+        checkpoints.check_save(config)
         recipe = apply_recipe(config, given, group_options("model"))
         resolve_auto_rank(config)
         resolve_warmup_fraction(config, given)
@@ -417,7 +426,10 @@ def plan(argv: list[str]) -> list[Job]:
             run_id = run_id_of(config, repeat)
             job_dir = sweep_dir / f"{dirname_of(combo)}-r{repeat}"
             _check_job_dir(job_dir, results_dir)
-            jobs.append(Job(spec, config, tuple(combo), repeat, run_id, job_dir, recipe))
+            if base is not None and base.run_id not in {job.run_id for job in jobs}:
+                jobs.append(base)  # before its first dependent: harness/run.py runs bases first
+            jobs.append(Job(spec, config, tuple(combo), repeat, run_id, job_dir, recipe,
+                            base.run_id if base is not None else None))
     seen = {}
     for job in jobs:
         if job.run_id in seen:

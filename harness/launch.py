@@ -230,7 +230,8 @@ class Interrupted(KeyboardInterrupt):
         self.row = row
 
 
-def run_job(job: Job, provenance: dict) -> dict:
+def run_job(job: Job, provenance: dict, skip: str | None = None) -> dict:
+    """The job's row: run in its own process, or `skipped` for the reason `skip` without starting one."""
     job.job_dir.mkdir(parents=True, exist_ok=True)
     result_path, log_path = job.job_dir / "result.json", job.job_dir / "log.txt"
     result_path.unlink(missing_ok=True)
@@ -240,6 +241,8 @@ def run_job(job: Job, provenance: dict) -> dict:
            **_config_columns(job), **provenance,
            "deterministic_fields": ["weights", "grads", "optimizer_state", "activations", "cpu_live_peak",
                                     "peak_allocated"]}
+    if skip:
+        return {**row, "status": "skipped", "error": skip}
     occupants = gpu_occupants() if job.spec.run.device != "cpu" else None
     occupants = [pid for pid in occupants or [] if pid not in _STARTED]  # this sweep's own jobs are no intruders
     row["gpu_busy"] = bool(occupants)

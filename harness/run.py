@@ -28,6 +28,7 @@ from contextlib import ExitStack
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from harness import checkpoints
 from harness.config import GROUPS, ConfigError, _resolve_path, default_config, group_options, plan
 from harness.launch import Interrupted, interrupt_jobs, reset_interrupt, run_job, stop_servers
 from harness.provenance import git_state
@@ -156,20 +157,30 @@ def _run_jobs(bar, jobs, done, provenance, rows) -> list[dict]:
     slots: list[dict | None] = [None] * len(jobs)
     todo = []
     for i, job in enumerate(jobs):
-        if _rerun(job, done.get(job.run_id)):
+        if _rerun(job, done.get(job.run_id)) or checkpoints.must_rerun(job, done.get(job.run_id)):
             todo.append(i)
         else:
             slots[i] = done[job.run_id]
             bar.update(1)
     kept = [slots[i] for i in range(len(jobs)) if slots[i] is not None]
     parallel = max((jobs[i].spec.run.parallel for i in todo), default=1)
-    try:
-        if parallel == 1:
-            for i in todo:
-                bar.set_postfix_str(" ".join(jobs[i].overrides)[:60])
-                slots[i] = _record(bar, jobs[i], _launch(jobs[i], provenance))
-        else:
-            _run_side_by_side(bar, jobs, todo, slots, provenance, parallel)
+    bases = {job.base_run_id for job in jobs}
+    try:  # base jobs (harness/checkpoints.py) first: their rows decide whether their dependents run
+        for phase in ([i for i in todo if jobs[i].run_id in bases], [i for i in todo if jobs[i].run_id not in bases]):
+            by_run_id = {**done, **{job.run_id: row for job, row in zip(jobs, slots, strict=True) if row}}
+            ready = []
+            for i in phase:
+                reason = checkpoints.blocked(jobs[i], by_run_id)
+                if reason is None:
+                    ready.append(i)
+                else:
+                    slots[i] = _record(bar, jobs[i], run_job(jobs[i], provenance, skip=reason))
+            if parallel == 1:
+                for i in ready:
+                    bar.set_postfix_str(" ".join(jobs[i].overrides)[:60])
+                    slots[i] = _record(bar, jobs[i], _launch(jobs[i], provenance))
+            elif ready:
+                _run_side_by_side(bar, jobs, ready, slots, provenance, parallel)
     finally:
         rows.extend(row for row in slots if row is not None)
     return kept

@@ -107,6 +107,7 @@ class TrainSpec:
     lr_schedule: Literal["constant", "cosine"]
     lr_warmup_steps: int
     lr_warmup_fraction: float | None = None  # of train.steps; planning turns it into lr_warmup_steps (recipes.py)
+    save_checkpoint: bool = False  # save the trained model (save_pretrained) in the job's folder (harness/checkpoints.py)
 
     def check(self) -> None:
         for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 2), ("warmup_steps", 1), ("eval_batches", 0),
@@ -215,6 +216,17 @@ class LlamaSpec:
         layers = [f"model.layers.{i}.{block}.{name}.weight" for i in range(self.num_hidden_layers)
                   for block, names in blocks.items() for name in names]
         return ["model.embed_tokens.weight", *layers, "lm_head.weight"]
+
+
+@dataclass(frozen=True)
+class CheckpointSpec(LlamaSpec):
+    """A LLaMA saved by save_pretrained (harness/checkpoints.py): `path` its folder, or `base` the overrides of the
+    pretrain job of the same sweep that saves it. Planning fills the shape (LlamaSpec's fields) from the base's
+    model or the folder's config.json, so every plan-time check sees the model's layers."""
+
+    family: Literal["checkpoint"]
+    path: str
+    base: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -343,7 +355,7 @@ class SweepSpec:
             raise ConfigError(f"sweep.name={self.name!r} is invalid; use letters, digits, '-', '_', '.'")
 
 
-MODEL_FAMILIES = {"llama": LlamaSpec, "hub": HubModelSpec}
+MODEL_FAMILIES = {"llama": LlamaSpec, "hub": HubModelSpec, "checkpoint": CheckpointSpec}
 DATASET_KINDS = {"synthetic": SyntheticSpec, "text": TextSpec, "hub": HubDataSpec}
 
 
@@ -358,7 +370,7 @@ def _by_kind(table: dict, data: Any, key: str, where: str):
 class JobSpec:
     """One fully validated job: what the child process builds and runs."""
 
-    model: LlamaSpec | HubModelSpec
+    model: LlamaSpec | HubModelSpec | CheckpointSpec
     dataset: SyntheticSpec | TextSpec | HubDataSpec
     method: MethodSpec
     scenario: ScenarioSpec

@@ -26,8 +26,10 @@ import torch
 
 from harness import PROJECT_ROOT
 from harness import data as data_lib
-from harness.models import build_model, flops_per_token
-from harness.parts import apply_transforms, build_optimizer, loop_step
+from harness import checkpoints
+from harness.loading import load_model
+from harness.models import flops_per_token
+from harness.parts import build_optimizer, loop_step
 from harness.probes import (
     LiveTensorProbe,
     NvmlSampler,
@@ -85,7 +87,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault=lambda stage, model: None) -> None:
+class Hooks:
+    """What a scenario adds to the training job (harness/finetune.py): its tokens, and what it measures before the
+    first step and after the final eval. Pretraining adds nothing."""
+
+    def tokens(self, spec: JobSpec, cache) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        return data_lib.load_tokens(spec.dataset, spec.model.vocab_size, cache)
+
+    def start(self, model, record: dict) -> None:
+        pass
+
+    def end(self, model, record: dict) -> None:
+        pass
+
+
+def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault=lambda stage, model: None,
+                 hooks: Hooks | None = None) -> None:
     cuda = device.type == "cuda"
     dtype = resolve_dtype(spec.train.dtype, device)
     seed = spec.train.seed
@@ -94,7 +111,7 @@ def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault
     seed_everything(spec.train.seed)
     nvml = NvmlSampler(device.index or 0, spec.run.nvml_interval_ms / 1000).start() if cuda else None
     try:
-        _train_and_eval(spec, device, dtype, record, inject_fault)
+        _train_and_eval(spec, device, dtype, record, inject_fault, hooks or Hooks())
     finally:
         if nvml is not None:
             record.update(nvml.stop())
@@ -102,7 +119,7 @@ def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault
             record["peak_reserved"] = max(record.get("peak_reserved") or 0, torch.cuda.max_memory_reserved(device))
 
 
-def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
+def _train_and_eval(spec, device, dtype, record, inject_fault, hooks) -> None:
     cuda, train = device.type == "cuda", spec.train
     clock = time.perf_counter()
     if cuda:
@@ -110,7 +127,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         record["allocated_baseline"] = torch.cuda.memory_allocated(device)
         record["cuda_init_s"] = time.perf_counter() - clock
-    model = apply_transforms(spec.method, build_model(spec.model, dtype, device), device)
+    model = load_model(spec, dtype, device)
     model.train()
     record.update(n_params=sum(p.numel() for p in model.parameters()), weights=storage_bytes(model_tensors(model)))
     if cuda:
@@ -119,9 +136,8 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
     record["load_s"] = time.perf_counter() - clock
     print(f"loaded {record['n_params']:,} parameters in {record['load_s']:.1f} s", flush=True)  # progress in log.txt
     results_dir = Path(os.path.expanduser(spec.run.results_dir))
-    train_tokens, eval_tokens, info = data_lib.load_tokens(spec.dataset, spec.model.vocab_size,
-                                                           cache_dir(results_dir if results_dir.is_absolute()
-                                                                     else PROJECT_ROOT / results_dir))
+    train_tokens, eval_tokens, info = hooks.tokens(spec, cache_dir(results_dir if results_dir.is_absolute()
+                                                                   else PROJECT_ROOT / results_dir))
     budget_tokens = train.steps * train.batch_size * train.seq_len
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens),
                   quality_measured=spec.quality.measure, budget_steps=train.steps, budget_tokens=budget_tokens,
@@ -139,6 +155,7 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         print(f"evaluating on {len(held_out.batches)} batch(es) before the first step", flush=True)
         record["initial_eval_loss"] = held_out.loss(0)
         record["eval_curve"] = held_out.curve
+        hooks.start(model, record)
     clock, eval_s_before = time.perf_counter(), held_out.seconds
     if cuda:  # the load peak is kept in peak_allocated_load; from here on the peaks are the training steps'
         torch.cuda.reset_peak_memory_stats(device)
@@ -205,6 +222,10 @@ def _train_and_eval(spec, device, dtype, record, inject_fault) -> None:
         record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
     record["train_s"] = time.perf_counter() - clock - (held_out.seconds - eval_s_before)  # evals are eval_s
     _final_eval(held_out, spec, record)
+    hooks.end(model, record)
+    if record.get("checkpoint_path"):
+        print(f"saving the model to {record['checkpoint_path']}", flush=True)
+        record["checkpoint_bytes"] = checkpoints.save(model, Path(record["checkpoint_path"]))
     if not spec.quality.measure:
         record["verdict"], record["verdict_reason"] = training_verdict(record["train_curve"])
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness import fits
+from harness import checkpoints, fits
 from harness.provenance import cuda_state, host_state
 from harness.results import write_json_atomic
 from harness.schema import JobSpec
@@ -99,6 +99,8 @@ def execute(job_dir: Path) -> dict:
             record["host_memory_limit"] = limit[0]
         if "MEMBENCH_LAUNCHED_AT" in os.environ:
             record["startup_s"] = time.time() - float(os.environ["MEMBENCH_LAUNCHED_AT"])
+        if spec.train.save_checkpoint:  # the runner saves the model there (harness/checkpoints.py)
+            record["checkpoint_path"] = str(checkpoints.folder_of(job_dir.absolute()))
         RUNNERS[spec.scenario.kind](spec, device, record, _fault_injector(spec.run.inject_fault))
     except MissingRequirement as e:
         record.update(status="skipped", error=one_line(e))

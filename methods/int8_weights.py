@@ -119,8 +119,14 @@ def check(options: Options, model_spec) -> None:
     target_shapes(options.targets, model_spec)
 
 
-def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
+STREAMED_LOAD = True  # apply takes `layers`: a checkpoint is quantized layer by layer as it loads
+
+
+def apply(model: nn.Module, options: Options, device: torch.device, layers=None) -> nn.Module:
+    """Quantize the target layers of `model`, or of each module `layers` yields in turn (an iterator may load each
+    one just before it is quantized, so the full-precision model never exists at once)."""
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    if replace_linears(model, set(options.targets), lambda linear: Int8Linear(linear, options, generator)) == 0:
+    make = lambda linear: Int8Linear(linear, options, generator)  # noqa: E731
+    if sum(replace_linears(unit, set(options.targets), make) for unit in (layers or [model])) == 0:
         raise ValueError(f"int8_weights found no nn.Linear named {options.targets} in {type(model).__name__}")
     return model

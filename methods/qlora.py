@@ -55,5 +55,17 @@ class NF4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
-    return add_adapters(model, options, make_base=lambda linear: NF4Linear(linear, options.block_size))
+STREAMED_LOAD = True  # apply takes `layers`: a checkpoint is quantized layer by layer as it loads
+
+
+def apply(model: nn.Module, options: Options, device: torch.device, layers=None) -> nn.Module:
+    """NF4 bases and LoRA adapters on the target layers of `model`, or of each module `layers` yields in turn (an
+    iterator may load each one just before it is quantized); the model's other parameters are frozen either way."""
+    make_base = lambda linear: NF4Linear(linear, options.block_size)  # noqa: E731
+    if layers is None:
+        return add_adapters(model, options, make_base=make_base)
+    for p in model.parameters():
+        p.requires_grad_(options.train_rest)
+    for unit in layers:
+        add_adapters(unit, options, make_base=make_base)
+    return model
