@@ -37,8 +37,10 @@ def available_bytes() -> int | None:
     return available
 
 
-def limit_of(setting) -> tuple[int | None, str]:
-    """(limit in bytes or None, how it was set) for run.host_memory_limit_gib = auto | null | a number of GiB."""
+def limit_of(setting, side_by_side: int = 1) -> tuple[int | None, str]:
+    """(limit in bytes or None, how it was set) for run.host_memory_limit_gib = auto | null | a number of GiB; auto
+    splits its share among the `side_by_side` jobs a sweep runs at once (run.parallel), which would otherwise each
+    claim most of the same memory."""
     if setting is None:
         return None, "run.host_memory_limit_gib=null: no limit"
     if setting != "auto":
@@ -46,13 +48,14 @@ def limit_of(setting) -> tuple[int | None, str]:
     available = available_bytes()
     if available is None:
         return None, "run.host_memory_limit_gib=auto: the available memory cannot be read here, no limit"
-    return int(AUTO_SHARE * available), (f"run.host_memory_limit_gib=auto: {AUTO_SHARE:.0%} of the "
-                                         f"{available / GIB:.1f} GiB available")
+    shared = f" / {side_by_side} jobs side by side" if side_by_side > 1 else ""
+    return int(AUTO_SHARE * available / side_by_side), (f"run.host_memory_limit_gib=auto: {AUTO_SHARE:.0%} of the "
+                                                        f"{available / GIB:.1f} GiB available{shared}")
 
 
-def limit_process(setting) -> tuple[int | None, str]:
-    """In the job process: apply the limit to this process's data segment; returns limit_of(setting)."""
-    limit, how = limit_of(setting)
+def limit_process(setting, side_by_side: int = 1) -> tuple[int | None, str]:
+    """In the job process: apply the limit to this process's data segment; returns limit_of(...)."""
+    limit, how = limit_of(setting, side_by_side)
     if limit is not None:
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))

@@ -95,7 +95,7 @@ def execute(job_dir: Path) -> dict:
             _gpu_figures(spec, record)
         else:
             record["gpu"] = "cpu"
-            limit = fits.limit_process(spec.run.host_memory_limit_gib)
+            limit = fits.limit_process(spec.run.host_memory_limit_gib, spec.run.parallel)
             record["host_memory_limit"] = limit[0]
         if "MEMBENCH_LAUNCHED_AT" in os.environ:
             record["startup_s"] = time.time() - float(os.environ["MEMBENCH_LAUNCHED_AT"])

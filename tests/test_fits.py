@@ -55,6 +55,8 @@ def test_auto_is_a_share_of_the_available_memory():
     available = fits.available_bytes()
     assert available is not None and 0 < limit <= available  # Linux: /proc/meminfo is readable
     assert "run.host_memory_limit_gib=auto" in how and abs(limit - fits.AUTO_SHARE * available) < 0.05 * available
+    shared, how = fits.limit_of("auto", side_by_side=4)
+    assert abs(shared - limit / 4) < 0.05 * available and how.endswith("/ 4 jobs side by side")
 
 
 def _spec(overrides):
