@@ -9,7 +9,8 @@ The rule is AdamW's (methods/adamw.py) in the parameters' dtype; the device keep
 optimizer state past the backward. The cost is PCIe traffic (gradients down, parameters up: 2 × the weights' bytes a
 step) plus the CPU's step time, which the GPU waits for: the row's `optimizer_host_ms` is the median time of the step
 (CPU AdamW + the copies not hidden), `optimizer_state_host` the host bytes of the states (B), while
-`optimizer_state` counts the state on the device: none.
+`optimizer_state` counts the state on the device: none. A job on the CPU is `skipped` (host and device are one
+memory there); the optimizer still runs there, without pinned memory or streams, for the tests.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import time
 import torch
 
 from methods.adamw import AdamHyperparameters as Options  # noqa: F401  (the options of AdamW)
+
+REQUIRES_CUDA = True
 
 
 class CPUOffloadAdamW:

@@ -9,8 +9,9 @@ Device memory for saved activations drops to the tensors in flight; the price is
 step) that the compute hides only partly: step_ms against the same method without offloading is its cost.
 
 Which tensors (methods/saved_activations.py): the decoder's floating-point activations of at least `min_numel`
-elements, each once; parameters stay on the device. On a CPU job host and device are the same memory: the copies
-run, nothing is saved. The row's `activations_host` is the peak of the host copies alive at once (B).
+elements, each once; parameters stay on the device. The row's `activations_host` is the peak of the host copies
+alive at once (B). A job on the CPU is `skipped`: host and device are one memory there, there is nothing to save
+(the codec still runs there, as a copy, for the tests).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from methods.options import COUNT, Ranged, Rule
 from methods.saved_activations import SavedTensorCodec, install
 
 REPLACES = "the decoder's saved-tensor hooks"  # with compress_activations, only the inner hooks would act
+REQUIRES_CUDA = True
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class OffloadCodec(SavedTensorCodec):
             main = torch.cuda.current_stream(self.device)
             self.stream.wait_stream(main)  # t is written by work queued on the main stream
             with torch.cuda.stream(self.stream):
-                host.copy_(t, non_blocking=True)
+                host.copy_(t.detach(), non_blocking=True)
             t.record_stream(self.stream)  # t's block is not handed out again before the copy has read it
             copied = self.stream.record_event()
         else:
