@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_linears  # noqa: F401  (targets, checks as LoRA's)
+from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_targets  # noqa: F401  (targets, checks as LoRA's)
 from methods.options import COUNT, NAMES, Ranged
 
 
@@ -43,12 +43,4 @@ class FactorizedLinear(nn.Module):
 
 
 def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module:
-    def make(linear: nn.Linear) -> FactorizedLinear:
-        if options.rank > min(linear.in_features, linear.out_features):
-            raise ValueError(f"rank {options.rank} exceeds a target layer's size "
-                             f"({linear.out_features} x {linear.in_features})")
-        return FactorizedLinear(linear, options.rank)
-
-    if replace_linears(model, set(options.targets), make) == 0:
-        raise ValueError(f"found no nn.Linear named {options.targets} in {type(model).__name__}")
-    return model
+    return replace_targets(model, options, lambda linear: FactorizedLinear(linear, options.rank))

@@ -54,6 +54,20 @@ def replace_linears(model: nn.Module, targets, make) -> int:
     return count
 
 
+def replace_targets(model: nn.Module, options, make) -> nn.Module:
+    """Replace every linear layer named in options.targets by make(linear), options.rank fitting each (the
+    factorized, SLTrain and LOST transforms)."""
+    def checked(linear: nn.Linear) -> nn.Module:
+        if options.rank > min(linear.in_features, linear.out_features):
+            raise ValueError(f"rank {options.rank} exceeds a target layer's size "
+                             f"({linear.out_features} x {linear.in_features})")
+        return make(linear)
+
+    if replace_linears(model, set(options.targets), checked) == 0:
+        raise ValueError(f"found no nn.Linear named {options.targets} in {type(model).__name__}")
+    return model
+
+
 def add_adapters(model: nn.Module, options: Options, make_base=lambda linear: linear) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(options.train_rest)

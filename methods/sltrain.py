@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_linears  # noqa: F401  (targets, checks as LoRA's)
+from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_targets  # noqa: F401  (targets, checks as LoRA's)
 from methods.options import COUNT, NAMES, POSITIVE, SEED, Ranged, between
 
 
@@ -89,14 +89,9 @@ def apply(model: nn.Module, options: Options, device: torch.device) -> nn.Module
     layers = 0
 
     def make(linear: nn.Linear) -> SLTrainLinear:
-        nonlocal layers
-        if options.rank > min(linear.in_features, linear.out_features):
-            raise ValueError(f"rank {options.rank} exceeds a target layer's size "
-                             f"({linear.out_features} x {linear.in_features})")
+        nonlocal layers  # each layer its own support, all of them from options.seed
         generator = torch.Generator(device=linear.weight.device).manual_seed(options.seed * 100_003 + layers)
         layers += 1
         return SLTrainLinear(linear, options.rank, options.density, options.alpha, generator)
 
-    if replace_linears(model, set(options.targets), make) == 0:
-        raise ValueError(f"found no nn.Linear named {options.targets} in {type(model).__name__}")
-    return model
+    return replace_targets(model, options, make)

@@ -7,23 +7,7 @@ import torch
 
 from harness.schema import parse
 from methods import mezo, sparse_mezo
-
-
-def _setup():
-    gen = torch.Generator().manual_seed(5)
-    params = [torch.nn.Parameter(torch.randn(6, 7, generator=gen, dtype=torch.float64)),
-              torch.nn.Parameter(torch.randn(9, generator=gen, dtype=torch.float64))]
-    target = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
-    seen = []
-
-    def loss_at(values):
-        return sum(((p - t) ** 2).sum() for p, t in zip(values, target, strict=True))
-
-    def closure():
-        seen.append([p.detach().clone() for p in params])
-        return loss_at(params)
-
-    return params, closure, seen, loss_at
+from tests.methods.test_mezo import _quadratic_setup as _setup
 
 
 def test_perturbs_and_updates_the_smallest_entries_only():
