@@ -1,4 +1,7 @@
-"""Did a quality run learn? Pure functions on loss curves; no torch, no files.
+"""Did a run learn? Pure functions on loss curves; no torch, no files.
+
+A memory run (quality.measure false) gets `training_verdict`: whether its training loss fell, a check of the run
+that measured the memory, never a quality number. A quality run gets the verdict below.
 
 A verdict is one of VERDICTS with a one-line reason. Two stages:
 - `job_verdict`: what one job knows alone (its held-out eval curve and its training curve): diverged, overfit,
