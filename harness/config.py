@@ -8,6 +8,7 @@ job starts, so bad input leaves no row and no file behind.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from harness import CONF_DIR, PROJECT_ROOT, checkpoints
+from harness import CONF_DIR, PROJECT_ROOT, checkpoints, ranks
 from harness.fits import check_weights_fit
 from harness.hints import hint
 from harness.nvml import visible_handles
@@ -32,7 +33,10 @@ from harness.recipes import apply_recipe, resolve_auto_rank, resolve_part_seeds,
 from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
 from harness.tokenizer import check_vocab
 
-GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep")
+GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep", "launcher")
+# Keys added after rows were committed, at the value that runs a job as before them: left out of run_id there, so
+# those rows keep their run_id (and resume). The launcher group says where a job runs, not what it measures.
+NEUTRAL_DEFAULTS = {"train.grad_accum": 1, "train.distributed": "none", "run.nproc": 1, "run.inject_fault_rank": None}
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
 OPERATIONAL_KEYS = ("run.force", "run.retry_failed", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
                     "run.host_memory_limit_gib", "run.parallel", "run.resume_from")
@@ -110,6 +114,8 @@ def _check_group_values(parsed) -> None:
             continue
         if key == "sweep" and o.is_sweep_override():
             raise ConfigError(f"'{o.input_line}': sweep= names one sweep; run each named sweep by itself")
+        if key == "launcher" and o.is_sweep_override():
+            raise ConfigError(f"'{o.input_line}': launcher= says where the whole sweep runs; give one")
         for value in _values(o):
             if value not in group_options(key):
                 raise ConfigError(f"unknown {key} '{value}'; allowed {key}s: {', '.join(group_options(key))}")
@@ -255,13 +261,39 @@ def _check_windows(train, quality, sizes) -> None:
                           "train.eval_batches=0")
 
 
+def _check_generate_lengths(spec: JobSpec) -> None:
+    """scenario=generate: the longest sequence a job runs fits the model's positions."""
+    infer, limit = spec.infer, spec.model.max_position_embeddings
+    longest = max(infer.prompt_len + infer.decode_len, infer.fidelity_len if infer.fidelity else 0)
+    if limit and longest > limit:
+        raise ConfigError(f"infer.prompt_len + infer.decode_len (or infer.fidelity_len) = {longest} exceeds model "
+                          f"{spec.model.name}'s max_position_embeddings={limit}; lower them or set "
+                          f"model.max_position_embeddings")
+
+
+def _check_prompt_windows(infer, quality, sizes) -> None:
+    """scenario=generate: the held-out split holds one prompt (prompts of a larger batch wrap around it) and, when
+    measuring fidelity, one fidelity window."""
+    n_eval, eval_from = sizes[1]
+    need = max(infer.prompt_len, infer.fidelity_len if infer.fidelity else 0)
+    if n_eval < need:
+        raise ConfigError(f"the held-out split has {n_eval} tokens ({eval_from}); a prompt of infer.prompt_len or a "
+                          f"fidelity window of infer.fidelity_len needs {need}: use more data or shorter lengths")
+
+
 def _cross_check(spec: JobSpec, config: dict) -> None:
     """Checks that span groups or touch the file system."""
-    from harness.parts import check_method  # imported here: methods pulls in torch, which only jobs need
+    from harness.parts import check_generate_method, check_method  # methods pulls in torch, which only jobs need
 
-    check_method(spec.method, spec.run.device, spec.model)
+    generate = spec.scenario.kind == "generate"
+    (check_generate_method if generate else check_method)(spec.method, spec.run.device, spec.model)
+    from harness.finetune import check as check_finetune
+
+    check_finetune(spec, config)
     model, data, train = spec.model, spec.dataset, spec.train
-    if model.max_position_embeddings and train.seq_len > model.max_position_embeddings:
+    if generate:
+        _check_generate_lengths(spec)
+    elif model.max_position_embeddings and train.seq_len > model.max_position_embeddings:
         raise ConfigError(f"train.seq_len={train.seq_len} exceeds model {model.name}'s "
                           f"max_position_embeddings={model.max_position_embeddings}")
     check_vocab(data, model)
@@ -270,15 +302,20 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
             raise ConfigError(f"run.resume_from: no rows file at {_resolve_path(path)}")
     sizes = _split_sizes(data, model, config)
     if sizes is not None:
-        _check_windows(train, spec.quality, sizes)
+        (_check_prompt_windows if generate else _check_windows)(spec.infer if generate else train, spec.quality,
+                                                                  sizes)
     for key, name, needs in (("model.hub_name", getattr(model, "hub_name", None), "config.json"),
                              ("dataset.hub_name", getattr(data, "hub_name", None), None)):
         _check_local_hub_name(key, name, needs)
-    if spec.run.device == "cuda" and not nvidia_gpu_count():
+    remote = spec.launcher.name != "local"  # the job runs on a cluster node, whose GPUs this host does not see
+    if remote and importlib.util.find_spec("submitit") is None:
+        raise ConfigError(f"launcher={spec.launcher.name} needs submitit: pip install -e '.[slurm]'")
+    ranks.check(spec, None if remote else nvidia_gpu_count())
+    if spec.run.device == "cuda" and not remote and not nvidia_gpu_count():
         raise ConfigError("run.device=cuda but no NVIDIA GPU is visible (NVML); use run.device=cpu or auto")
     if spec.run.device == "cpu" and train.dtype == "fp16":
         raise ConfigError("train.dtype=fp16 is not supported on run.device=cpu; allowed there: auto, fp32, bf16")
-    on_cpu = spec.run.device == "cpu" or (spec.run.device == "auto" and not nvidia_gpu_count())
+    on_cpu = spec.run.device == "cpu" or (spec.run.device == "auto" and not (remote or nvidia_gpu_count()))
     if on_cpu and spec.gpu.name not in ("auto", "cpu"):
         raise ConfigError(f"gpu={spec.gpu.name} gives a GPU's figures but the job runs on the CPU "
                           f"(run.device={spec.run.device}); use gpu=auto or gpu=cpu there")
@@ -344,6 +381,11 @@ def run_id_of(config: dict, repeat: int) -> str:
     for dotted in OPERATIONAL_KEYS:
         section, key = dotted.split(".")
         identity.get(section, {}).pop(key, None)
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        section, key = dotted.split(".")
+        if identity.get(section, {}).get(key, neutral) == neutral:
+            identity.get(section, {}).pop(key, None)
+    identity.pop("launcher", None)
     data = identity.get("dataset", {})
     for key in ("path", "eval_path"):
         if data.get("kind") == "text" and data.get(key):
@@ -353,7 +395,8 @@ def run_id_of(config: dict, repeat: int) -> str:
 
 
 def dirname_of(overrides: list[str]) -> str:
-    kept = sorted(o.lstrip("+~") for o in overrides if o.lstrip("+~").split("=")[0] not in OPERATIONAL_KEYS)
+    kept = sorted(o.lstrip("+~") for o in overrides if o.lstrip("+~").split("=")[0] not in OPERATIONAL_KEYS
+                  and not o.lstrip("+~").startswith("launcher"))
     name = ",".join(kept) or "defaults"
     name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
     if len(name) > 120:
@@ -414,7 +457,7 @@ def plan(argv: list[str]) -> list[Job]:
         given = {o.split("=")[0].lstrip("+~") for o in combo} - set(GROUPS)  # values set, not options chosen
         base = checkpoints.resolve(config, given, _plan_base)
         checkpoints.check_save(config)
-        recipe = apply_recipe(config, given, group_options("model"))
+        recipe = apply_recipe(config, given, group_options("model"), group_options("scenario"))
         resolve_auto_rank(config)
         resolve_warmup_fraction(config, given)
         resolve_part_seeds(config)

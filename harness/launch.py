@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from harness import PROJECT_ROOT
+from harness import PROJECT_ROOT, ranks
 from harness.config import Job
 from harness.nvml import visible_handles
 from harness.results import write_json_atomic
@@ -190,10 +190,17 @@ def _wait_forked(job: Job, log_path, env: dict) -> int | None:
     return returncode
 
 
+def _ranked(job: Job) -> bool:
+    """Whether the job runs as ranks of a process group, started by torchrun (harness/ranks.py)."""
+    return job.spec.train.distributed != "none"
+
+
 def _wait_spawned(job: Job, log_path, env: dict) -> int | None:
     """Run the job in a fresh interpreter; its exit code, or None after a timeout (group killed)."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job.job_dir)], cwd=PROJECT_ROOT,
+        command = (ranks.torchrun_command(sys.executable, job.spec.run.nproc, job.job_dir) if _ranked(job)
+                   else [sys.executable, "-m", "harness.worker", str(job.job_dir)])
+        proc = subprocess.Popen(command, cwd=PROJECT_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=_with_project_path(env), preexec_fn=_die_with_parent)
         _running(proc.pid)
@@ -215,10 +222,11 @@ def _config_columns(job: Job) -> dict:
         "scenario": spec.scenario.name, "gpu": spec.gpu.name, "batch_size": spec.train.batch_size,
         "seq_len": spec.train.seq_len, "steps": spec.train.steps, "warmup_steps": spec.train.warmup_steps,
         "seed": spec.train.seed, "transforms": list(spec.method.transforms),
-        "optimizer": spec.method.optimizer.get("name"), "overrides": list(job.overrides), "config": c,
+        "optimizer": (spec.method.optimizer or {}).get("name"), "overrides": list(job.overrides), "config": c,
         "recipe": list(job.recipe),
         # jobs side by side share the device: their times (and device-wide NVML peaks) say nothing about the method
         "parallel": spec.run.parallel, "timing_comparable": spec.run.parallel == 1,
+        "distributed": spec.train.distributed, "nproc": spec.run.nproc, "grad_accum": spec.train.grad_accum,
     }
 
 
@@ -230,17 +238,22 @@ class Interrupted(KeyboardInterrupt):
         self.row = row
 
 
+def base_row(job: Job, provenance: dict) -> dict:
+    """The row's identity, config columns and provenance, before the job runs (status ok until it says otherwise)."""
+    return {"run_id": job.run_id, "sweep": job.spec.sweep.name, "repeat": job.repeat,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "status": "ok", "error": None,
+            **_config_columns(job), **provenance,
+            "deterministic_fields": ["weights", "grads", "optimizer_state", "activations", "cpu_live_peak",
+                                     "peak_allocated"]}
+
+
 def run_job(job: Job, provenance: dict, skip: str | None = None) -> dict:
     """The job's row: run in its own process, or `skipped` for the reason `skip` without starting one."""
     job.job_dir.mkdir(parents=True, exist_ok=True)
     result_path, log_path = job.job_dir / "result.json", job.job_dir / "log.txt"
     result_path.unlink(missing_ok=True)
     write_json_atomic(job.job_dir / "job.json", {"run_id": job.run_id, "repeat": job.repeat, "config": job.config})
-    row = {"run_id": job.run_id, "sweep": job.spec.sweep.name, "repeat": job.repeat,
-           "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "status": "ok", "error": None,
-           **_config_columns(job), **provenance,
-           "deterministic_fields": ["weights", "grads", "optimizer_state", "activations", "cpu_live_peak",
-                                    "peak_allocated"]}
+    row = base_row(job, provenance)
     if skip:
         return {**row, "status": "skipped", "error": skip}
     occupants = gpu_occupants() if job.spec.run.device != "cpu" else None
@@ -251,7 +264,9 @@ def run_job(job: Job, provenance: dict, skip: str | None = None) -> dict:
                 "error": f"GPU busy: {len(occupants)} other process(es) {occupants[:5]} (run.busy_gpu=refuse)"}
     # the job's whole environment (a forked job gets it from the request), and its start for startup_s
     env = {**os.environ, "MEMBENCH_LAUNCHED_AT": repr(time.time())}
-    launcher = "spawn" if "failed" in _ZYGOTES else job.spec.run.launcher
+    launcher = "torchrun" if _ranked(job) else "spawn" if "failed" in _ZYGOTES else job.spec.run.launcher
+    for stale in job.job_dir.glob(ranks.RANK_RESULT.format("*")):
+        stale.unlink()
     start, returncode, lost, interrupted = time.monotonic(), None, None, False
     try:
         try:
@@ -276,10 +291,14 @@ def run_job(job: Job, provenance: dict, skip: str | None = None) -> dict:
     if returncode is None:
         return {**row, "status": "timeout", "error": f"no result after run.timeout_s={job.spec.run.timeout_s:g} s; "
                                                       f"last log line: {_last_log_line(log_path)}"[:400]}
+    cause = (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
+             else f"exited with code {returncode}")
+    if _ranked(job):
+        result = ranks.merge(ranks.rank_results(job.job_dir, job.spec.run.nproc),
+                             f"torchrun {cause}; last log line: {_last_log_line(log_path)}")
+        return {**row, **result, "gpu": result.get("gpu", row["gpu"])}
     if result_path.exists():
         result = json.loads(result_path.read_text())
         return {**row, **result, "gpu": result.get("gpu", row["gpu"])}
-    cause = (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
-             else f"exited with code {returncode}")
     return {**row, "status": "error", "error": f"job process {cause} before writing a result; "
                                                 f"last log line: {_last_log_line(log_path)}"[:400]}

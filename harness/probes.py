@@ -30,7 +30,9 @@ def inner_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
     if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
         for name in names:
-            yield from inner_tensors(getattr(t, name))
+            inner = getattr(t, name)
+            if isinstance(inner, torch.Tensor):  # a DTensor also flattens to its device mesh
+                yield from inner_tensors(inner)
     else:
         yield t
 
@@ -73,15 +75,24 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tens
     return [t for state in optimizer.state.values() for t in _tensors_within(state, seen)]
 
 
+def object_tensors(value) -> list[torch.Tensor]:
+    """Tensors an object holds, through its attributes, dicts, lists and tuples (not inside modules): what a KV
+    cache keeps (keys and values, or codes, scales, zeros and residual; eviction scores; spare capacity)."""
+    return list(_tensors_within(value, set()))
+
+
 def model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return list(model.parameters()) + list(model.buffers())
 
 
 class LiveTensorProbe(TorchDispatchMode):
-    """Exact live bytes of tensor storages, on any device. `register` adds tensors made before the mode was on."""
+    """Exact live bytes of tensor storages on one device type (`device_type`, e.g. the job's: a GPU job's host copies
+    of offloaded tensors are not device memory), or on any with None. `register` adds tensors made before the mode
+    was on."""
 
-    def __init__(self):
+    def __init__(self, device_type: str | None = None):
         super().__init__()
+        self.device_type = device_type
         self._live: dict[int, int] = {}
         self._lock = threading.Lock()
         self.current = 0
@@ -97,7 +108,7 @@ class LiveTensorProbe(TorchDispatchMode):
 
     def _track(self, t: torch.Tensor) -> None:
         for inner in inner_tensors(t):
-            if inner.device.type == "meta":
+            if inner.device.type == "meta" or self.device_type not in (None, inner.device.type):
                 continue
             st = inner.untyped_storage()
             nbytes = st.nbytes()

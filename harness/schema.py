@@ -87,6 +87,7 @@ def parse(cls: type, data: Any, where: str):
 
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+Distributed = Literal["none", "ddp", "zero1", "fsdp2_zero2", "fsdp2"]  # harness/distributed.py STRATEGIES
 SEEDS = 2**32  # numpy's generator takes seeds in [0, 2**32); every seed of the config is kept in that range
 
 
@@ -107,11 +108,13 @@ class TrainSpec:
     lr_schedule: Literal["constant", "cosine"]
     lr_warmup_steps: int
     lr_warmup_fraction: float | None = None  # of train.steps; planning turns it into lr_warmup_steps (recipes.py)
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step, gradients summed (harness/distributed.py)
+    distributed: Distributed = "none"  # how run.nproc ranks share the job (harness/distributed.py)
     save_checkpoint: bool = False  # save the trained model (save_pretrained) in the job's folder (harness/checkpoints.py)
 
     def check(self) -> None:
         for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 2), ("warmup_steps", 1), ("eval_batches", 0),
-                          ("lr_warmup_steps", 0)):
+                          ("lr_warmup_steps", 0), ("grad_accum", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"train.{name}={getattr(self, name)} is invalid; it must be >= {low}")
         if self.warmup_steps >= self.steps:
@@ -141,6 +144,8 @@ class RunSpec:
     launcher: Literal["fork", "spawn"]
     host_memory_limit_gib: float | Literal["auto"] | None  # CPU jobs (harness/fits.py)
     parallel: int = 1  # jobs of a sweep running at once (harness/run.py); > 1: their timings are not comparable
+    nproc: int = 1  # ranks of one job on one node, started by torchrun (harness/distributed.py)
+    inject_fault_rank: int | None = None  # the rank that injects run.inject_fault (null: every rank)
     resume_from: list[str] | None = None  # rows files (e.g. committed ones) whose rows count as this sweep's own
 
     def check(self) -> None:
@@ -152,6 +157,11 @@ class RunSpec:
             raise ConfigError(f"run.parallel={self.parallel} is invalid; it must be >= 1 (jobs at once)")
         if self.repeats < 1:
             raise ConfigError(f"run.repeats={self.repeats} is invalid; it must be >= 1")
+        if self.nproc < 1:
+            raise ConfigError(f"run.nproc={self.nproc} is invalid; it must be >= 1 (ranks of one job)")
+        if self.inject_fault_rank is not None and not 0 <= self.inject_fault_rank < self.nproc:
+            raise ConfigError(f"run.inject_fault_rank={self.inject_fault_rank} is invalid; allowed: null or a rank in "
+                              f"[0, run.nproc={self.nproc})")
         if self.timeout_s <= 0:
             raise ConfigError(f"run.timeout_s={self.timeout_s} is invalid; it must be > 0")
         if self.nvml_interval_ms < 1:
@@ -311,12 +321,46 @@ class HubDataSpec:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """A classification task as text (harness/tasks.py): each example is an input, the template and a label word;
+    training reads the examples as one text, accuracy scores each held-out input by its label words' likelihood."""
+
+    name: str
+    kind: Literal["task"]
+    task: Literal["corpus_source", "sst2"]
+    labels: list[str]
+    template: str
+    corpora: list[dict] = field(default_factory=list)  # corpus_source: one {path, eval_path} per label, in order
+    passage_chars: int = 300
+    train_examples: int = 512   # per label
+    eval_examples: int = 200    # per label
+    eval_fraction: float = 0.1
+    tokenizer: Tokenizer = "bpe"
+    tokenizer_name: str | None = None
+
+    def check(self) -> None:
+        for name in ("passage_chars", "train_examples", "eval_examples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"dataset.{name}={getattr(self, name)} is invalid; it must be >= 1")
+        if len(set(self.labels)) < 2:
+            raise ConfigError(f"dataset.labels={list(self.labels)} is invalid; give at least two distinct label words")
+        if self.task == "corpus_source" and len(self.corpora) != len(self.labels):
+            raise ConfigError(f"dataset.corpora has {len(self.corpora)} entries for {len(self.labels)} labels; "
+                              "give one corpus ({path, eval_path}) per label")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"dataset.eval_fraction={self.eval_fraction} is invalid; it must be in (0, 1)")
+        _check_tokenizer(self)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
-    optimizer: dict
+    optimizer: dict | None = None  # training methods; a generate method has none
     transforms: list[str] = field(default_factory=list)
     loop: str = "standard"
     transform_options: dict = field(default_factory=dict)  # {transform name: {option: value}}
+    cache: str | None = None  # generate methods: a methods.CACHES key (the KV cache the decode loop uses)
+    cache_options: dict = field(default_factory=dict)
 
     def check(self) -> None:
         twice = sorted({t for t in self.transforms if self.transforms.count(t) > 1})
@@ -342,7 +386,44 @@ class GpuSpec:
 @dataclass(frozen=True)
 class ScenarioSpec:
     name: str
-    kind: Literal["train"]
+    kind: Literal["train", "finetune", "generate"]
+    source: dict | None = None  # finetune: the corpus the checkpoint learned (a dataset mapping; harness/finetune.py)
+
+
+@dataclass(frozen=True)
+class InferSpec:
+    """scenario=generate (harness/infer.py): prefill prompt_len tokens, decode decode_len tokens, batch_size prompts;
+    batch_size=auto searches the largest batch whose peak stays within memory_budget_gib (harness/batch_search.py).
+    fidelity: teacher-forced decoding of fidelity_windows held-out windows of fidelity_len tokens (the first
+    fidelity_prefill as the prompt) through the cache, against the full cache (harness/fidelity.py)."""
+
+    prompt_len: int = 128
+    decode_len: int = 32
+    batch_size: int | Literal["auto"] = 1
+    prefill_batch: int | None = None  # sequences per prefill forward (null: the whole batch at once)
+    memory_budget_gib: float | None = None  # batch_size=auto: allocator peak (CPU: live-tensor peak) allowed
+    batch_limit: int = 1024  # batch_size=auto searches no further
+    fidelity: bool = False
+    fidelity_windows: int = 4
+    fidelity_len: int = 512
+    fidelity_prefill: int = 32
+
+    def check(self) -> None:
+        for name in ("prompt_len", "decode_len", "batch_limit", "fidelity_windows", "fidelity_prefill"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"infer.{name}={getattr(self, name)} is invalid; it must be >= 1")
+        for name in ("batch_size", "prefill_batch"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"infer.{name}={value} is invalid; it must be >= 1" +
+                                  (" or auto" if name == "batch_size" else " or null"))
+        if self.fidelity_len <= self.fidelity_prefill:
+            raise ConfigError(f"infer.fidelity_len={self.fidelity_len} must be > infer.fidelity_prefill="
+                              f"{self.fidelity_prefill} (at least one teacher-forced decode step)")
+        if self.memory_budget_gib is not None and not 0 < self.memory_budget_gib < float("inf"):
+            raise ConfigError(f"infer.memory_budget_gib={self.memory_budget_gib} is invalid; it must be > 0 or null")
+        if self.batch_size == "auto" and self.memory_budget_gib is None:
+            raise ConfigError("infer.batch_size=auto needs infer.memory_budget_gib (GiB of peak memory allowed)")
 
 
 @dataclass(frozen=True)
@@ -355,8 +436,48 @@ class SweepSpec:
             raise ConfigError(f"sweep.name={self.name!r} is invalid; use letters, digits, '-', '_', '.'")
 
 
+@dataclass(frozen=True)
+class LauncherSpec:
+    """Where a sweep's jobs run (conf/launcher/): here, one after another (local), or as a SLURM job array through
+    submitit (slurm; harness/cluster.py), with the keys of Hydra's submitit launcher."""
+
+    name: Literal["local", "slurm"]
+    cluster: Literal["slurm", "local", "debug"] = "slurm"  # submitit's AutoExecutor(cluster=...): local/debug to try
+    submitit_folder: str | None = None  # null: <sweep folder>/.submitit
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    timeout_min: int = 60
+    nodes: int = 1
+    gpus_per_node: int | None = None  # null: run.nproc when the job may use a GPU (run.device cuda or auto), else 0
+    tasks_per_node: int = 1
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    additional_parameters: dict = field(default_factory=dict)
+    array_parallelism: int = 256
+    max_num_timeout: int = 3  # requeues after a SLURM time limit (preemptions requeue without limit)
+    signal_delay_s: int = 120
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, source venv)
+    job_name: str | None = None  # null: membench-<sweep>
+
+    def check(self) -> None:
+        for name in ("timeout_min", "array_parallelism", "nodes", "tasks_per_node"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"launcher.{name}={getattr(self, name)} is invalid; it must be >= 1")
+        if self.nodes != 1 or self.tasks_per_node != 1:
+            raise ConfigError(f"launcher.nodes={self.nodes} launcher.tasks_per_node={self.tasks_per_node}: a cluster "
+                              "job is one task on one node that starts run.nproc ranks itself (torchrun); allowed: 1")
+        for name in ("gpus_per_node", "cpus_per_task", "mem_gb", "max_num_timeout", "signal_delay_s"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"launcher.{name}={value} is invalid; it must be >= 0")
+
+
+LOCAL_LAUNCHER = LauncherSpec(name="local")
+
 MODEL_FAMILIES = {"llama": LlamaSpec, "hub": HubModelSpec, "checkpoint": CheckpointSpec}
-DATASET_KINDS = {"synthetic": SyntheticSpec, "text": TextSpec, "hub": HubDataSpec}
+DATASET_KINDS = {"synthetic": SyntheticSpec, "text": TextSpec, "hub": HubDataSpec, "task": TaskSpec}
 
 
 def _by_kind(table: dict, data: Any, key: str, where: str):
@@ -371,7 +492,7 @@ class JobSpec:
     """One fully validated job: what the child process builds and runs."""
 
     model: LlamaSpec | HubModelSpec | CheckpointSpec
-    dataset: SyntheticSpec | TextSpec | HubDataSpec
+    dataset: SyntheticSpec | TextSpec | HubDataSpec | TaskSpec
     method: MethodSpec
     scenario: ScenarioSpec
     gpu: GpuSpec
@@ -379,6 +500,8 @@ class JobSpec:
     train: TrainSpec
     run: RunSpec
     quality: QualitySpec
+    infer: InferSpec = field(default_factory=InferSpec)
+    launcher: LauncherSpec = LOCAL_LAUNCHER
 
     @classmethod
     def from_dict(cls, cfg: dict) -> JobSpec:
@@ -396,7 +519,10 @@ class JobSpec:
             train=parse(TrainSpec, cfg.get("train"), "train"),
             run=parse(RunSpec, cfg.get("run"), "run"),
             quality=parse(QualitySpec, cfg.get("quality"), "quality"),
+            infer=parse(InferSpec, cfg.get("infer", {}), "infer"),
+            launcher=parse(LauncherSpec, cfg.get("launcher", {"name": "local"}), "launcher"),
         )
-        for part in (spec.model, spec.dataset, spec.method, spec.gpu, spec.train, spec.run, spec.sweep, spec.quality):
+        for part in (spec.model, spec.dataset, spec.method, spec.gpu, spec.train, spec.run, spec.sweep, spec.quality,
+                     spec.infer, spec.launcher):
             part.check()
         return spec

@@ -26,10 +26,10 @@ import torch
 
 from harness import PROJECT_ROOT
 from harness import data as data_lib
-from harness import checkpoints
+from harness import checkpoints, distributed
 from harness.loading import load_model
 from harness.models import flops_per_token
-from harness.parts import build_optimizer, loop_step
+from harness.parts import build_optimizer, loop_step, row_fields
 from harness.probes import (
     LiveTensorProbe,
     NvmlSampler,
@@ -129,7 +129,10 @@ def _train_and_eval(spec, device, dtype, record, inject_fault, hooks) -> None:
         record["cuda_init_s"] = time.perf_counter() - clock
     model = load_model(spec, dtype, device)
     model.train()
-    record.update(n_params=sum(p.numel() for p in model.parameters()), weights=storage_bytes(model_tensors(model)))
+    step_model = distributed.wrap_model(spec, model, device)  # DDP's wrapper; FSDP2 shards `model` in place
+    rank, world = distributed.world()
+    record.update(n_params=sum(p.numel() for p in model.parameters()), weights=storage_bytes(model_tensors(model)),
+                  rank=rank, world_size=world)
     if cuda:
         _sync(device)
         record["peak_allocated_load"] = torch.cuda.max_memory_allocated(device)
@@ -138,17 +141,17 @@ def _train_and_eval(spec, device, dtype, record, inject_fault, hooks) -> None:
     results_dir = Path(os.path.expanduser(spec.run.results_dir))
     train_tokens, eval_tokens, info = hooks.tokens(spec, cache_dir(results_dir if results_dir.is_absolute()
                                                                    else PROJECT_ROOT / results_dir))
-    budget_tokens = train.steps * train.batch_size * train.seq_len
+    budget_tokens = train.steps * train.batch_size * train.grad_accum * world * train.seq_len
     record.update(info, train_corpus_tokens=len(train_tokens), eval_corpus_tokens=len(eval_tokens),
                   quality_measured=spec.quality.measure, budget_steps=train.steps, budget_tokens=budget_tokens,
                   budget_epochs=budget_tokens / len(train_tokens), verdict=None, verdict_reason=None)
     held_out = _HeldOut(model, eval_tokens, spec, device)
-    windows = data_lib.RandomWindows(train_tokens, train.batch_size, train.seq_len, train.seed)
-    optimizer = build_optimizer(spec.method, model, device)
+    feed = distributed.RankBatches(train_tokens, spec)
+    optimizer = distributed.build_optimizer(spec, model, device, build_optimizer)
     record["n_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)  # after LoRA / LISA
     lr_factor = _lr_factor(spec)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    step_fn = loop_step(spec.method)
+    step_fn = distributed.step_function(spec, loop_step(spec.method))
     inject_fault("after_load", model)
     record["data_s"] = time.perf_counter() - clock - record["load_s"]
     if spec.quality.measure:
@@ -160,23 +163,23 @@ def _train_and_eval(spec, device, dtype, record, inject_fault, hooks) -> None:
     if cuda:  # the load peak is kept in peak_allocated_load; from here on the peaks are the training steps'
         torch.cuda.reset_peak_memory_stats(device)
 
-    live = LiveTensorProbe() if spec.run.live_tensor_probe else None
+    live = LiveTensorProbe(device.type) if spec.run.live_tensor_probe else None
     probe = PhaseProbe(device, model, live)
     losses, times_ms = [], []
     stride, record["train_curve"] = math.ceil(train.steps / TRAIN_CURVE_POINTS), []
     every = spec.quality.eval_every if spec.quality.measure else 0
     step_peaks = StepPeaks(device) if cuda else None
     for step in range(train.steps):
-        batch = windows.next().to(device)
+        batches = feed.next(device)
         probed = step == train.warmup_steps - 1
         if probed and live is not None:
-            live.register(model_tensors(model) + optimizer_state_tensors(optimizer) + [batch])
+            live.register(model_tensors(model) + optimizer_state_tensors(optimizer) + batches)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * lr_factor(step)
         _sync(device)
         start = time.perf_counter()
         with live if probed and live is not None else nullcontext():
-            loss = step_fn(model, optimizer, batch, probe.phase if probed else no_phase)
+            loss = step_fn(step_model, optimizer, batches, probe.phase if probed else no_phase)
         _sync(device)
         elapsed_ms = (time.perf_counter() - start) * 1000
         if cuda:
@@ -209,9 +212,10 @@ def _train_and_eval(spec, device, dtype, record, inject_fault, hooks) -> None:
             held_out.loss(step + 1)
     _sync(device)
     record["optimizer_state"] = storage_bytes(optimizer_state_tensors(optimizer))
+    record.update(row_fields(model, optimizer))  # bytes a part keeps off the device (offloading), its host step time
     if cuda:
         step_peaks.record_into(record)
-    tokens_per_step = train.batch_size * train.seq_len
+    tokens_per_step = train.batch_size * train.grad_accum * world * train.seq_len  # the whole job's
     step_ms = float(np.median(times_ms))
     record.update(step_ms=step_ms, step_ms_p20=_percentile(times_ms, 20), step_ms_p80=_percentile(times_ms, 80),
                   timed_steps=len(times_ms), tokens_per_s=tokens_per_step * 1000 / step_ms,
@@ -219,15 +223,15 @@ def _train_and_eval(spec, device, dtype, record, inject_fault, hooks) -> None:
                   flops_per_token=flops_per_token(model, train.seq_len))
     peak_flops = record.get("gpu_peak_bf16_flops")
     if cuda and peak_flops and dtype in (torch.bfloat16, torch.float16):
-        record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / peak_flops
+        record["mfu"] = record["tokens_per_s"] * record["flops_per_token"] / (peak_flops * world)
     record["train_s"] = time.perf_counter() - clock - (held_out.seconds - eval_s_before)  # evals are eval_s
     _final_eval(held_out, spec, record)
+    if not spec.quality.measure:
+        record["verdict"], record["verdict_reason"] = training_verdict(record["train_curve"])
     hooks.end(model, record)
     if record.get("checkpoint_path"):
         print(f"saving the model to {record['checkpoint_path']}", flush=True)
         record["checkpoint_bytes"] = checkpoints.save(model, Path(record["checkpoint_path"]))
-    if not spec.quality.measure:
-        record["verdict"], record["verdict_reason"] = training_verdict(record["train_curve"])
 
 
 def _final_eval(held_out, spec, record) -> None:

@@ -16,15 +16,18 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoints, fits
+from harness import checkpoints, distributed, fits
 from harness.provenance import cuda_state, host_state
+from harness.ranks import RANK_RESULT
 from harness.results import write_json_atomic
 from harness.schema import JobSpec
+from harness.infer import run_generate
+from harness.finetune import run_finetune
 from harness.train import Diverged, run_training
 from methods import MissingRequirement
 
 # What a job does, by its scenario's kind (conf/scenario/*.yaml `kind:`): each runner fills the record in place.
-RUNNERS = {"train": run_training}
+RUNNERS = {"train": run_training, "finetune": run_finetune, "generate": run_generate}
 
 
 def one_line(error: BaseException, limit: int = 400) -> str:
@@ -37,7 +40,11 @@ def _resolve_device(requested: str) -> torch.device:
         raise RuntimeError("run.device=cuda but no CUDA device is visible")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", 0) if requested == "cuda" else torch.device("cpu")
+    if requested != "cuda":
+        return torch.device("cpu")
+    device = torch.device("cuda", distributed.rank_env()[2])  # a rank of several takes the GPU of its local rank
+    torch.cuda.set_device(device)
+    return device
 
 
 def _gpu_figures(spec: JobSpec, record: dict) -> None:
@@ -91,7 +98,7 @@ def execute(job_dir: Path) -> dict:
         device = _resolve_device(spec.run.device)
         record["device"] = device.type
         if device.type == "cuda":
-            record.update(cuda_state(0))
+            record.update(cuda_state(device.index))
             _gpu_figures(spec, record)
         else:
             record["gpu"] = "cpu"
@@ -101,7 +108,9 @@ def execute(job_dir: Path) -> dict:
             record["startup_s"] = time.time() - float(os.environ["MEMBENCH_LAUNCHED_AT"])
         if spec.train.save_checkpoint:  # the runner saves the model there (harness/checkpoints.py)
             record["checkpoint_path"] = str(checkpoints.folder_of(job_dir.absolute()))
-        RUNNERS[spec.scenario.kind](spec, device, record, _fault_injector(spec.run.inject_fault))
+        distributed.init(spec, device)
+        faulty = spec.run.inject_fault_rank in (None, distributed.world()[0])
+        RUNNERS[spec.scenario.kind](spec, device, record, _fault_injector(spec.run.inject_fault if faulty else "none"))
     except MissingRequirement as e:
         record.update(status="skipped", error=one_line(e))
     except torch.OutOfMemoryError as e:
@@ -119,9 +128,20 @@ def execute(job_dir: Path) -> dict:
 
 def main() -> None:
     job_dir = Path(sys.argv[1])
+    ranked = "TORCHELASTIC_RUN_ID" in os.environ  # one rank of several, started by torchrun (harness/ranks.py)
+    if ranked:
+        from harness.launch import _die_with_parent
+
+        _die_with_parent()  # torchrun starts ranks in sessions of their own: a killed torchrun takes them down
     record = execute(job_dir)
-    write_json_atomic(job_dir / "result.json", record)
+    if ranked:
+        record["ended_at"] = time.time()  # the rank that failed first is the job's cause (harness/ranks.py)
+    name = RANK_RESULT.format(distributed.rank_env()[0]) if ranked else "result.json"
+    write_json_atomic(job_dir / name, record)
     print(f"status={record['status']}" + (f" error={record['error']}" if record["error"] else ""), flush=True)
+    if ranked and record["status"] != "ok":
+        sys.exit(1)  # torchrun then stops the other ranks, which may be waiting for this one in a collective
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
