@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import methods
 from harness.schema import ConfigError, parse
-from methods import LOOPS, OPTIMIZERS, TRANSFORMS
+from methods import CACHES, LOOPS, OPTIMIZERS, TRANSFORMS
 
 
 @contextmanager
@@ -52,14 +52,60 @@ def transform_options(method, name: str):
     return parse(module.Options, given, where)
 
 
+def cache_part(method):
+    """(module, parsed options) of a generate method's KV cache (methods.CACHES)."""
+    if method.cache is None:
+        raise ConfigError(f"method {method.name} has no method.cache, so scenario=generate cannot run it; generate "
+                          f"methods name one of: {', '.join(CACHES)}")
+    module = _choose(CACHES, method.cache, "method.cache")
+    return module, parse(module.Options, dict(method.cache_options), "method.cache_options")
+
+
+def check_generate_method(method, device: str, model_spec) -> None:
+    """Plan-time checks of a generate method: its cache and options, and transforms that are inference ones."""
+    cache_part(method)
+    if method.optimizer is not None:
+        raise ConfigError(f"method {method.name} trains (method.optimizer is set); scenario=generate runs methods "
+                          "with a method.cache and no optimizer")
+    inference = [n for n, m in TRANSFORMS.items() if getattr(m, "INFERENCE", False)]
+    for name in method.transforms:
+        if name not in inference:
+            raise ConfigError(f"method.transforms: {name} is not an inference transform; allowed with "
+                              f"scenario=generate: {', '.join(inference)}")
+    _check_transforms(method, device, model_spec, [])
+
+
 def check_method(method, device: str, model_spec) -> None:
     """Plan-time checks: names and options exist, options fit the model (`check` of the part), and a CUDA-only part
     is refused on run.device=cpu."""
+    if method.cache is not None:
+        raise ConfigError(f"method {method.name} is a generate method (method.cache={method.cache}); run it with "
+                          "scenario=generate")
+    if method.optimizer is None:
+        raise ConfigError(f"method {method.name} has no method.optimizer; a training scenario needs one")
     module, options = optimizer_part(method)
     if hasattr(module, "check"):
         with _options_of("method.optimizer", module.Options):
             module.check(options, model_spec)
-    parts = [module] + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
+    _check_transforms(method, device, model_spec, [module])
+    _choose(LOOPS, method.loop, "method.loop")
+    if "int8_weights" in method.transforms and not getattr(module, "UPDATES_INT8_WEIGHTS", False):
+        capable = ", ".join(n for n, m in OPTIMIZERS.items() if getattr(m, "UPDATES_INT8_WEIGHTS", False))
+        raise ConfigError(f"optimizer {method.optimizer['name']} cannot update INT8 weights; allowed with "
+                          f"int8_weights: {capable}")
+    if "int8_weights" in method.transforms and method.loop not in ("standard", "layerwise"):
+        raise ConfigError(f"int8_weights updates weights inside backward; method.loop={method.loop} has none "
+                          "(allowed: standard, layerwise)")
+    needs_loop = getattr(module, "LOOP", None)  # zeroth-order optimizers need their loop; others any but that one
+    if method.loop != needs_loop if needs_loop else method.loop == "zeroth_order":
+        raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "
+                          f"it needs method.loop={needs_loop or 'standard or layerwise'}")
+
+
+def _check_transforms(method, device: str, model_spec, parts: list) -> None:
+    """The transforms exist, their options parse and fit the model, no two replace the same layers, and no part
+    that needs CUDA (among them and `parts`) is planned on run.device=cpu."""
+    parts = parts + [_choose(TRANSFORMS, n, "method.transforms entry") for n in method.transforms]
     for name in method.transform_options:
         if name not in method.transforms:
             raise ConfigError(f"method.transform_options.{name} is given but {name!r} is not in method.transforms "
@@ -76,18 +122,6 @@ def check_method(method, device: str, model_spec) -> None:
                               "would break or undo the first, use one")
         if what:
             replaced[what] = name
-    _choose(LOOPS, method.loop, "method.loop")
-    if "int8_weights" in method.transforms and not getattr(module, "UPDATES_INT8_WEIGHTS", False):
-        capable = ", ".join(n for n, m in OPTIMIZERS.items() if getattr(m, "UPDATES_INT8_WEIGHTS", False))
-        raise ConfigError(f"optimizer {method.optimizer['name']} cannot update INT8 weights; allowed with "
-                          f"int8_weights: {capable}")
-    if "int8_weights" in method.transforms and method.loop not in ("standard", "layerwise"):
-        raise ConfigError(f"int8_weights updates weights inside backward; method.loop={method.loop} has none "
-                          "(allowed: standard, layerwise)")
-    needs_loop = getattr(module, "LOOP", None)  # zeroth-order optimizers need their loop; others any but that one
-    if method.loop != needs_loop if needs_loop else method.loop == "zeroth_order":
-        raise ConfigError(f"method.loop={method.loop} does not fit optimizer {method.optimizer['name']}; "
-                          f"it needs method.loop={needs_loop or 'standard or layerwise'}")
     for part in parts:
         if getattr(part, "REQUIRES_CUDA", False) and device == "cpu":
             raise ConfigError(f"method {method.name} needs CUDA ({part.__name__.split('.')[-1]}) but run.device=cpu; "
@@ -109,3 +143,12 @@ def apply_transforms(method, model, device):
 
 def loop_step(method):
     return LOOPS[method.loop]
+
+
+def row_fields(model, optimizer) -> dict:
+    """Row fields of parts that keep bytes off the device: `row_fields()` of the saved-activation codec a transform
+    installed (methods/saved_activations.py) and of the optimizer (methods/cpu_offload_adamw.py), where they have one."""
+    fields = {}
+    for part in (getattr(model, "membench_codec", None), optimizer):
+        fields.update(getattr(part, "row_fields", dict)())
+    return fields

@@ -58,6 +58,7 @@ class KIVICache:
     bits: int = 2
     group: int = 128  # G: tokens per key group
     value_group: int = 128  # G_v: channels per value group (capped at the head dimension)
+    reserve_tokens: int = 0  # quantized tokens the buffers are first made for: a cache of known length never grows
     buffers: dict = field(default_factory=dict)  # name -> (B, H, capacity along dim 2, ...) storage, doubled as needed
     quantized_tokens: int = 0
     residual_k: torch.Tensor | None = None
@@ -73,8 +74,9 @@ class KIVICache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add tokens (B, H, t, D); every full group of G residual tokens is quantized and leaves the residual."""
-        self.residual_k = k.half() if self.residual_k is None else torch.cat([self.residual_k, k.half()], dim=2)
-        self.residual_v = v.half() if self.residual_v is None else torch.cat([self.residual_v, v.half()], dim=2)
+        # contiguous: the quantize kernel steps tokens by D (a model's keys arrive as a transposed view)
+        self.residual_k = k.half().contiguous() if self.residual_k is None else torch.cat([self.residual_k, k.half()], 2)
+        self.residual_v = v.half().contiguous() if self.residual_v is None else torch.cat([self.residual_v, v.half()], 2)
         while self.residual_k.shape[2] >= self.group:
             # clone the remainder: a view would keep the whole appended chunk's storage alive
             gk, self.residual_k = self.residual_k[:, :, : self.group], self.residual_k[:, :, self.group:].clone()
@@ -120,8 +122,9 @@ class KIVICache:
             start, end = self._rows(name, self.quantized_tokens), self._rows(name, self.quantized_tokens + self.group)
             buffer = self.buffers.get(name)
             if buffer is None or buffer.shape[2] < end:  # double the capacity: amortized O(1) appends
-                grown = part.new_empty(*part.shape[:2], max(end, 2 * (buffer.shape[2] if buffer is not None else 0)),
-                                       *part.shape[3:])
+                rows = max(end, 2 * (buffer.shape[2] if buffer is not None else 0),
+                           self._rows(name, self.reserve_tokens // self.group * self.group))
+                grown = part.new_empty(*part.shape[:2], rows, *part.shape[3:])
                 if buffer is not None:
                     grown[:, :, :start] = buffer[:, :, :start]
                 self.buffers[name] = buffer = grown

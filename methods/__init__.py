@@ -20,8 +20,12 @@ from methods import (
     apollo_mini,
     apollo_torch,
     bnb_adamw8bit,
+    bnb_int8,
+    bnb_nf4,
     cce_fused_ce,
     checkpointing,
+    compress_activations,
+    cpu_offload_adamw,
     factorized,
     fira,
     frugal,
@@ -30,17 +34,29 @@ from methods import (
     galore8bit,
     galore_torch,
     galore_torch8bit,
+    h2o_cache,
+    hf_quantized_cache,
     int8_weights,
+    kivi_cache,
+    kv_cache,
+    kvpress_cache,
     liger_fused_ce,
     lisa,
     loops,
     lora,
+    lost,
     mezo,
+    nf4_weights,
+    offload_activations,
     qgalore,
     qlora,
     sgd,
+    sink_window_cache,
+    sltrain,
+    sparse_mezo,
     torchao_adamw4bit,
     torchao_adamw8bit,
+    torchao_cpu_offload,
     zo_adam,
 )
 
@@ -71,7 +87,9 @@ OPTIMIZERS = {
     "qgalore": qgalore,
     "mezo": mezo,
     "zo_adam": zo_adam,
+    "sparse_mezo": sparse_mezo,
     "lisa": lisa,
+    "cpu_offload_adamw": cpu_offload_adamw,
     # reference packages run as methods (a row `skipped` where the package is absent)
     "bnb_adamw8bit": bnb_adamw8bit,
     "torchao_adamw8bit": torchao_adamw8bit,
@@ -79,6 +97,7 @@ OPTIMIZERS = {
     "galore_torch": galore_torch,
     "galore_torch8bit": galore_torch8bit,
     "apollo_torch": apollo_torch,
+    "torchao_cpu_offload_adamw": torchao_cpu_offload,
 }
 
 TRANSFORMS = {
@@ -90,6 +109,25 @@ TRANSFORMS = {
     "fused_ce": fused_ce,
     "liger_fused_ce": liger_fused_ce,
     "cce_fused_ce": cce_fused_ce,
+    "sltrain": sltrain,
+    "lost": lost,
+    "compress_activations": compress_activations,
+    "offload_activations": offload_activations,
+    # weight quantization for scenario=generate (INFERENCE = True), composable with any cache
+    "nf4_weights": nf4_weights,
+    "bnb_int8": bnb_int8,
+    "bnb_nf4": bnb_nf4,
+}
+
+# KV caches for scenario=generate: `build(model, options, max_tokens) -> transformers.Cache`
+CACHES = {
+    "full": kv_cache,
+    "kivi": kivi_cache,
+    "sink_window": sink_window_cache,
+    "h2o": h2o_cache,
+    # reference packages (a row `skipped` where the package is absent)
+    "hf_quantized": hf_quantized_cache,
+    "kvpress": kvpress_cache,
 }
 
 LOOPS = {

@@ -27,6 +27,8 @@ def _runs_on_cpu(method: str) -> bool:
     from harness import CONF_DIR
 
     cfg = yaml.safe_load((CONF_DIR / "method" / f"{method}.yaml").read_text())
+    if "optimizer" not in cfg:  # a generate method (scenario=generate): not a training override
+        return False
     parts = [methods.OPTIMIZERS[cfg["optimizer"]["name"]]] + [methods.TRANSFORMS[t] for t in cfg["transforms"]]
     return not any(getattr(part, "REQUIRES_CUDA", False) for part in parts)
 
@@ -162,7 +164,7 @@ def _method_with(where: str, part: str) -> tuple[str, dict] | None:
 
     for method in group_options("method"):
         cfg = yaml.safe_load((CONF_DIR / "method" / f"{method}.yaml").read_text())
-        if where == "method.optimizer" and cfg["optimizer"]["name"] == part:
+        if where == "method.optimizer" and (cfg.get("optimizer") or {}).get("name") == part:
             return method, cfg["optimizer"]
         if where != "method.optimizer" and part in cfg.get("transforms", []):
             return method, (cfg.get("transform_options") or {}).get(part) or {}

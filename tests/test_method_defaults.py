@@ -8,7 +8,12 @@ from harness.schema import ConfigError
 
 @pytest.mark.parametrize("method", group_options("method"))
 def test_every_method_plans_on_the_default_model(method, results_dir):
-    args = [f"method={method}", "run.device=cpu", f"run.results_dir={results_dir}"]
+    import yaml
+
+    from harness import CONF_DIR
+
+    generate = "cache" in yaml.safe_load((CONF_DIR / "method" / f"{method}.yaml").read_text())
+    args = [f"method={method}", "run.device=cpu", f"run.results_dir={results_dir}"] + ["scenario=generate"] * generate
     try:
         (job,) = plan(args)
     except ConfigError as e:

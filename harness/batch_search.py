@@ -1,0 +1,128 @@
+"""batch_size=auto: the largest batch whose run stays within a memory budget, found by running it.
+
+Each candidate batch runs in a child process of its own (a fresh CUDA context, allocator and peak counters; a CUDA
+OOM there is data, not a crash of the job), forked from a multiprocessing fork server that has imported the
+harness once and never touches CUDA. `largest_fitting` is the search, separate from what a probe runs, so any
+scenario can use it: the first two probes (1 and 2) give a line, peak(b) ≈ a + b·per_sequence, whose prediction is
+probed next; from there the bracket [largest that fit, smallest that did not] is narrowed by bisection, growing by
+doubling while every probe fits. A probe fits when it ends ok with its peak within the budget.
+
+The generate job's row is the run at the largest batch found (harness.infer.measure, fidelity off), with
+`batch_search`: [[batch, status, peak bytes], ...] in the order probed, and `memory_budget`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+
+GIB = 2**30
+
+
+def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int, budget: int) -> tuple[int, list]:
+    """(largest batch in [1, limit] for which probe(batch) = (fits, peak bytes) fits, 0 if none; the batches probed
+    in order). `budget` (bytes) is only used to guess the third probe from the peaks of the first two."""
+    seen: dict[int, tuple[bool, int | None]] = {}
+
+    def fits(batch: int) -> bool:
+        if batch not in seen:
+            seen[batch] = probe(batch)
+        return seen[batch][0]
+
+    if not fits(1):
+        return 0, list(seen)
+    good, bad = 1, limit + 1
+    if limit >= 2 and fits(2):
+        good = 2
+        (_, p1), (_, p2) = seen[1], seen[2]
+        guess = 2 if p1 is None or p2 is None or p2 <= p1 else None
+        if guess is None:
+            guess = 2 + max(0, (budget - p2) // (p2 - p1))
+        guess = min(max(guess, 3), limit)
+        if guess > good and fits(guess):
+            good = guess
+            step = max(1, guess // 8)
+            while good < limit and fits(min(good + step, limit)):
+                good, step = min(good + step, limit), step * 2
+            bad = min(good + step, limit + 1) if good < limit else limit + 1
+        elif guess > good:
+            bad = guess
+    elif limit >= 2:
+        bad = 2
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good, list(seen)
+
+
+def _probe(config: dict, batch: int) -> tuple[str, dict]:
+    """In a child process: one generate run at `batch` (fidelity off); (status, record)."""
+    from harness.infer import measure
+    from harness.schema import JobSpec
+    from harness.worker import _resolve_device, one_line
+
+    from harness.probes import NvmlSampler
+
+    spec = JobSpec.from_dict(config)
+    device = _resolve_device(spec.run.device)
+    record: dict = {}
+    nvml = NvmlSampler(device.index or 0, spec.run.nvml_interval_ms / 1000).start() if device.type == "cuda" else None
+    try:
+        measure(spec, device, record, batch, fidelity=False)
+        return "ok", record
+    except torch.OutOfMemoryError as e:
+        return "oom", {**record, "error": one_line(e)}
+    except Exception as e:  # a failure that is no OOM ends the search with its reason
+        return "error", {**record, "error": one_line(e)}
+    finally:
+        if nvml is not None:
+            record.update(nvml.stop())
+
+
+def search(spec, device: torch.device, record: dict) -> None:
+    """Fill `record` with the run at the largest batch within spec.infer.memory_budget_gib (module docstring)."""
+    budget = int(spec.infer.memory_budget_gib * GIB)
+    config = _plain(spec)
+    peak_key = "peak_allocated" if device.type == "cuda" else "cpu_live_peak"
+    records: dict[int, tuple[str, dict]] = {}
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["harness.infer"])
+
+    def probe(batch: int) -> tuple[bool, int | None]:
+        with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+            try:
+                status, result = pool.submit(_probe, config, batch).result()
+            except BrokenProcessPool as e:
+                status, result = "error", {"error": f"the probe at batch {batch} died: {e}"}
+        records[batch] = status, result
+        print(f"batch {batch}: {status} peak {result.get(peak_key)}", flush=True)
+        if status == "error":
+            raise RuntimeError(f"batch_size=auto: batch {batch}: {result['error']}")
+        return status == "ok" and result.get(peak_key, budget + 1) <= budget, result.get(peak_key)
+
+    best, order = largest_fitting(probe, spec.infer.batch_limit, budget)
+    record.update(memory_budget=budget, batch_search=[[b, records[b][0], records[b][1].get(peak_key)] for b in order],
+                  batch_size_auto=True, batch_search_probe=peak_key)
+    if best == 0:
+        status, result = records[1]
+        record.update(status="oom", error=f"batch 1 does not fit infer.memory_budget_gib="
+                      f"{spec.infer.memory_budget_gib:g} ({peak_key} {result.get(peak_key)} B; {status})")
+        return
+    record.update(records[best][1])
+
+
+def _plain(spec) -> dict:
+    """The job's config as the plain dict JobSpec.from_dict reads, with batch_size and fidelity fixed per probe."""
+    data = dataclasses.asdict(spec)
+    data["infer"] = {**data["infer"], "batch_size": 1, "fidelity": False}
+    return _lists(data)
+
+
+def _lists(value):
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return [_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
