@@ -310,9 +310,9 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
     remote = spec.launcher.name != "local"  # the job runs on a cluster node, whose GPUs this host does not see
     if remote and importlib.util.find_spec("submitit") is None:
         raise ConfigError(f"launcher={spec.launcher.name} needs submitit: pip install -e '.[slurm]'")
-    ranks.check(spec, None if remote else nvidia_gpu_count())
     if spec.run.device == "cuda" and not remote and not nvidia_gpu_count():
         raise ConfigError("run.device=cuda but no NVIDIA GPU is visible (NVML); use run.device=cpu or auto")
+    ranks.check(spec, None if remote else nvidia_gpu_count())
     if spec.run.device == "cpu" and train.dtype == "fp16":
         raise ConfigError("train.dtype=fp16 is not supported on run.device=cpu; allowed there: auto, fp32, bf16")
     on_cpu = spec.run.device == "cpu" or (spec.run.device == "auto" and not (remote or nvidia_gpu_count()))
