@@ -62,7 +62,7 @@ class OffloadCodec(SavedTensorCodec):
 
     def encode(self, t: torch.Tensor) -> _Offloaded:
         if self.cuda:
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host = torch.empty_like(t, device="cpu", pin_memory=True)  # its strides: kernels' backward expect them
             main = torch.cuda.current_stream(self.device)
             self.stream.wait_stream(main)  # t is written by work queued on the main stream
             with torch.cuda.stream(self.stream):
