@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from harness.launch import base_row, run_job, stop_servers
 from harness.provenance import git_state
-from harness.results import append_row, read_rows, sweep_lock, write_json_atomic
+from harness.results import SweepRefused, append_row, read_rows, sweep_lock, write_json_atomic
 
 # SLURM's end state of a task that wrote no row -> the row's status. interrupted: the job did not get to run to its
 # end for reasons of the cluster, not of the method, so a resumed sweep runs it again.
@@ -61,12 +61,17 @@ def executor(jobs, sweep_dir: Path):
     """A submitit executor for the sweep's launcher settings (one launcher per sweep: planning checks that)."""
     spec = jobs[0].spec.launcher
     folder = Path(spec.submitit_folder) if spec.submitit_folder else sweep_dir / ".submitit"
-    ex = submitit.AutoExecutor(folder=folder / "%j", cluster=spec.cluster, slurm_max_num_timeout=spec.max_num_timeout)
+    try:
+        ex = submitit.AutoExecutor(folder=folder / "%j", cluster=spec.cluster,
+                                   slurm_max_num_timeout=spec.max_num_timeout)
+    except RuntimeError as e:  # no srun / sbatch here
+        raise SweepRefused(f"launcher.cluster={spec.cluster}: {e} (launcher.cluster=local runs the same path on "
+                           "this machine)") from None
     gpus = spec.gpus_per_node
     if gpus is None:
         gpus = 0 if jobs[0].spec.run.device == "cpu" else max(job.spec.run.nproc for job in jobs)
     values = {_PARAMETERS[key]: getattr(spec, key) for key in _PARAMETERS}
-    values = {k: v for k, v in values.items() if v not in (None, {}, [])}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v not in (None, {}, ())}
     ex.update_parameters(name=spec.job_name or f"membench-{jobs[0].spec.sweep.name}", gpus_per_node=gpus, **values)
     return ex
 
@@ -127,10 +132,11 @@ def run_sweep(jobs, progress: bool = True) -> list[dict]:
         if kept:
             print(f"{kept} job(s) already had a row and were not resubmitted"
                   + (f" ({len(merged)} of them merged from the rows the cluster wrote)" if merged else ""))
+        ex = executor(todo, sweep_dirs[0]) if todo else None
         for job in todo:
             job.job_dir.mkdir(parents=True, exist_ok=True)
             (job.job_dir / "row.json").unlink(missing_ok=True)  # an old row must not stand in for this run's
-        submitted = _submit(todo, sweep_dirs[0], provenance) if todo else []
+        submitted = _submit(ex, todo, sweep_dirs[0], provenance) if todo else []
         bar = stack.enter_context(tqdm(total=len(todo), desc="cluster", unit="job", disable=not progress))
         by_id = {cluster_job.job_id: job for cluster_job, job in submitted}
         for cluster_job in submitit.helpers.as_completed([c for c, _ in submitted], poll_frequency=2):
@@ -149,9 +155,8 @@ def run_sweep(jobs, progress: bool = True) -> list[dict]:
     return [done[job.run_id] for job in jobs]
 
 
-def _submit(todo, sweep_dir: Path, provenance: dict) -> list:
+def _submit(ex, todo, sweep_dir: Path, provenance: dict) -> list:
     """(submitit job, job) of each job, submitted as one array; the ids are kept in <sweep>/submitted.json."""
-    ex = executor(todo, sweep_dir)
     with ex.batch():
         cluster_jobs = [ex.submit(ClusterTask(), job, provenance) for job in todo]
     print(f"submitted {len(cluster_jobs)} job(s) to {todo[0].spec.launcher.cluster} as one array; if this process "

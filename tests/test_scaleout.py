@@ -141,3 +141,26 @@ def test_a_sweep_through_submitit_writes_one_row_per_job_and_resumes(results_dir
     assert resumed.returncode == 0 and "4 job(s) already had a row and were not resubmitted (4 of them merged from " \
         "the rows the cluster wrote)" in resumed.stdout and "submitted 0" not in resumed.stdout
     assert sorted(r["run_id"] for r in rows_of(results_dir, "cl")) == sorted(r["run_id"] for r in rows)
+
+
+def test_the_slurm_keys_reach_sbatch(tmp_path, monkeypatch):
+    """Hydra's submitit-launcher keys become the job array's #SBATCH lines (rendered by submitit, nothing submitted;
+    a stand-in srun on PATH, as submitit looks for one)."""
+    from harness import cluster
+    from harness.config import plan
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    jobs = plan(["launcher=slurm", "launcher.partition=gpu", "launcher.account=proj", "launcher.qos=high",
+                 "launcher.constraint=h100", "launcher.mem_gb=64", "launcher.cpus_per_task=16",
+                 "launcher.timeout_min=30", "+launcher.additional_parameters.exclusive=true",
+                 "launcher.setup=[module load cuda]", f"run.results_dir={tmp_path}", "run.device=auto",
+                 "train.distributed=ddp", "run.nproc=2"])
+    sbatch = cluster.executor(jobs, tmp_path / "adhoc")._executor._make_submission_file_text("true", "%j")
+    for line in ("--partition=gpu", "--account=proj", "--qos=high", "--constraint=h100", "--mem=64GB",
+                 "--cpus-per-task=16", "--time=30", "--exclusive", "--gpus-per-node=2", "--ntasks-per-node=1",
+                 "--job-name=membench-adhoc", "--signal=USR2@120"):
+        assert f"#SBATCH {line}\n" in sbatch, line
+    assert "\nmodule load cuda\n" in sbatch
