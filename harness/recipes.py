@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from harness.schema import ConfigError
 
+PRETRAIN = "pretrain"  # the scenario whose recipes are keyed by model
+
 
 def leaves(node: dict, prefix: str = "") -> list[tuple[str, object]]:
     """(dotted key, value) of every leaf of a nested config mapping; an empty mapping is a leaf."""
@@ -45,9 +47,12 @@ def _exists(config: dict, key: str) -> bool:
     return True
 
 
-def apply_recipe(config: dict, given: set[str], models: tuple[str, ...]) -> tuple[str, ...]:
+def apply_recipe(config: dict, given: set[str], models: tuple[str, ...],
+                 scenarios: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Merge method.recipes[<model name>] into the job's config (keys in `given` excepted), drop the table, and return
-    the `key=value` pairs it set. `models` are the known model options: a table entry naming none is a typo."""
+    the `key=value` pairs it set. `models` are the known model options: a table entry naming none is a typo. An entry
+    named after a scenario (`finetune:`, one of `scenarios`) is the recipe of every job of that scenario; the model
+    entries are pretraining recipes (scenario=pretrain), so another scenario without an entry keeps the YAML's values."""
     method = config.get("method")
     recipes = method.pop("recipes", None) if isinstance(method, dict) else None
     if recipes is None:
@@ -55,10 +60,12 @@ def apply_recipe(config: dict, given: set[str], models: tuple[str, ...]) -> tupl
     if not isinstance(recipes, dict) or not all(isinstance(v, dict) for v in recipes.values()):
         raise ConfigError(f"method.recipes of method {method.get('name')} must map model names to mappings of "
                           "method keys (llama_60m: {optimizer: {rank: 128}})")
-    unknown = sorted(set(recipes) - set(models))
+    unknown = sorted(set(recipes) - set(models) - set(scenarios))
     if unknown:
-        raise ConfigError(f"method.recipes.{unknown[0]} names no model; allowed: {', '.join(models)}")
-    model = config.get("model", {}).get("name")
+        raise ConfigError(f"method.recipes.{unknown[0]} names no model or scenario; allowed: "
+                          f"{', '.join((*models, *scenarios))}")
+    scenario = config.get("scenario", {}).get("name")
+    model = config.get("model", {}).get("name") if scenario == PRETRAIN else scenario
     applied = []
     for key, value in leaves(recipes.get(model) or {}, "method"):
         if not _exists(config, key):
