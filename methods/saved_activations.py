@@ -48,13 +48,15 @@ class SavedTensorCodec:
     def pack(self, t: torch.Tensor):
         if not self._eligible(t):
             return t
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
-        # the key is trusted only while the tensor it was made from lives: a freed storage's address can come back
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+        # the key is trusted only while the storage it was made from lives (a freed storage's address can come back);
+        # not the tensor: each op saves its own short-lived view (matmul folds the batch dimensions of its input)
         seen = self._seen.get(key)
         if seen is not None and seen[0]() is not None:
             return seen[1]
         handle = _Handle(self.encode(t))
-        self._seen[key] = (weakref.ref(t), handle)
+        self._seen[key] = (weakref.ref(storage), handle)
         return handle
 
     def unpack(self, packed):
