@@ -3,7 +3,7 @@ activation checkpointing, layer-wise update, bf16}, each pair run on CPU (gloo, 
 pair is bf16) against the same method in one process without the feature, on the same samples.
 
     python -m harness.compat                  (writes docs/compatibility.md and docs/compatibility.csv)
-    python -m harness.compat --methods adamw,galore --out /tmp/compat    (a subset, elsewhere)
+    python -m harness.compat --methods adamw,galore   (these methods' cells again; the others' are kept)
 
 A cell is
 - ok: it runs, and its loss at every step and its held-out loss after the last step match the reference within the
@@ -226,12 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         cells = matrix(methods, Path(work))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.methods and (out / "compatibility.csv").exists():  # a subset replaces its methods' cells, keeps the rest
+        with open(out / "compatibility.csv", newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["method"] not in methods]
+        order = {m: i for i, m in enumerate(group_options("method"))}
+        cells = sorted(kept + cells, key=lambda c: order.get(c["method"], len(order)))
     with open(out / "compatibility.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["method", "feature", "status", "reason", "max_rel_diff"])
         writer.writeheader()
         writer.writerows(cells)
-    command = "python -m harness.compat" + (f" --methods {args.methods}" if args.methods else "")
-    (out / "compatibility.md").write_text(_markdown(cells, command))
+    (out / "compatibility.md").write_text(_markdown(cells, "python -m harness.compat"))
     print(json.dumps({s: sum(c["status"] == s for c in cells) for s in sorted({c["status"] for c in cells})}))
     return 0
 

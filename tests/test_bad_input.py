@@ -47,6 +47,8 @@ CASES = [
     ("zeroth-order method on several ranks", ["method=mezo", "train.distributed=fsdp2", "run.nproc=2"],
      "a zeroth-order step computes no gradient for the ranks to reduce"),
     ("launcher swept", ["launcher=local,slurm"], "launcher= says where the whole sweep runs; give one"),
+    ("INT8 weights with gradient accumulation", ["method=apollo_mini_int8", "train.grad_accum=2"],
+     "its INT8 layers apply the update inside their own backward"),
     ("multi-node cluster job", ["launcher=slurm", "launcher.nodes=2"], "a cluster job is one task on one node"),
     ("malformed sweep spec", ["-m", "method=adamw,,sgd"], "malformed override"),
     ("unknown flag", ["--verbose"], "unknown flag '--verbose'"),
