@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import PROJECT_ROOT
+from harness import PROJECT_ROOT, finetune_report
 from harness.config import OPERATIONAL_KEYS
 from harness.results import COLUMNS, read_rows
 from harness.verdict import NOISE_SIGMAS, improvement, sweep_verdicts
@@ -36,7 +36,8 @@ QUALITY_COLUMNS = ["budget_tokens", "budget_steps", "budget_epochs", "initial_ev
                    "vs_best", "timing_comparable"]
 # override keys that are no setting of a config: its own columns, and the seed, whose runs are the samples a quality
 # config's mean ± std is taken over
-NOT_SETTINGS = ("model", "method", "method.transforms", "train.seed", "quality.measure")
+NOT_SETTINGS = ("model", "method", "method.transforms", "train.seed", "quality.measure",
+                "model.base", "train.save_checkpoint", "sweep.name")  # a base job's (harness/checkpoints.py)
 
 
 def _settings_of(row: dict) -> dict[str, str]:
@@ -155,6 +156,7 @@ def _quality(line: dict, group: pd.DataFrame) -> dict:
         values = _numbers(group, name)
         line[name] = values.median() if len(values) else None
     line.update(_verdict_fields(group))
+    line.update(finetune_report.summary(good))  # forgetting and task accuracy of scenario=finetune
     line["timing_comparable"] = "timing_comparable" not in group or not group["timing_comparable"].eq(False).any()
     return line
 
@@ -327,7 +329,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     """The quality lines and the memory lines as two tables (the memory lines' loss titled as no quality
     measurement)."""
     quality, memory = _split(table)
-    parts = [_quality_markdown(quality)] if len(quality) else []
+    parts = [_quality_markdown(quality) + finetune_report.markdown(quality)] if len(quality) else []
     if len(memory):
         parts.append(f"Memory and throughput; the loss{NOT_QUALITY}: a short run, no baseline. verdict: whether its "
                      "training loss fell (harness/verdict.training_verdict), a check of the run, not a quality number."
@@ -366,7 +368,7 @@ def write_report(rows_path: Path, out_dir: Path) -> list[Path]:
     to_csv_table(table).to_csv(written[0], index=False)
     written[1].write_text(to_markdown(table))
     quality, memory = _split(table)
-    written += pareto(quality, out_dir)
+    written += pareto(quality, out_dir) + finetune_report.pareto_accuracy(table, out_dir)
     written += memory_breakdown(memory, out_dir) + throughput_bars(memory, out_dir)
     return written
 

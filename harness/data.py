@@ -17,8 +17,9 @@ import math
 import numpy as np
 import torch
 
+from harness import tasks
 from harness import tokenizer as tokenizer_lib
-from harness.schema import HubDataSpec, SyntheticSpec, TextSpec
+from harness.schema import HubDataSpec, SyntheticSpec, TaskSpec, TextSpec
 
 _CHAINS = 256
 
@@ -80,12 +81,14 @@ def _hub_splits(spec: HubDataSpec) -> tuple[str, str]:
     return split_text(spec.split), split_text(spec.eval_split)
 
 
-TEXT_SPLITS = {TextSpec: _text_splits, HubDataSpec: _hub_splits}
+TEXT_SPLITS = {TextSpec: _text_splits, HubDataSpec: _hub_splits, TaskSpec: tasks.splits}
 
 
-def load_tokens(spec, vocab_size: int | None = None, cache=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def load_tokens(spec, vocab_size: int | None = None, cache=None,
+                encoder=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(train tokens, eval tokens, info for the row). Text is tokenized by spec.tokenizer, a BPE trained on the
-    training split to vocab_size entries at most (the model's); `cache` is the tokenizer cache folder (None: none)."""
+    training split to vocab_size entries at most (the model's), or by `encoder` where given (a finetuned model's
+    own tokenizer, harness/finetune.py); `cache` is the tokenizer cache folder (None: none)."""
     if isinstance(spec, SyntheticSpec):
         train = _markov_chain(spec, spec.train_tokens, spec.seed + 1)
         held_out = _markov_chain(spec, spec.eval_tokens, spec.seed + 2)
@@ -93,7 +96,7 @@ def load_tokens(spec, vocab_size: int | None = None, cache=None) -> tuple[torch.
     if type(spec) not in TEXT_SPLITS:
         raise TypeError(f"no loader for {type(spec).__name__}")
     train_text, eval_text = TEXT_SPLITS[type(spec)](spec)
-    encoder = tokenizer_lib.make_encoder(spec.tokenizer, train_text, vocab_size, spec.tokenizer_name, cache)
+    encoder = encoder or tokenizer_lib.make_encoder(spec.tokenizer, train_text, vocab_size, spec.tokenizer_name, cache)
     train, held_out = (torch.from_numpy(tokenizer_lib.encode(encoder, text, cache).astype(np.int64))
                        for text in (train_text, eval_text))
     return train, held_out, encoder.row()

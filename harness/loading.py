@@ -90,7 +90,8 @@ def load_streamed(path: str, dtype: torch.dtype, device: torch.device, part) -> 
     else:
         model.tie_weights()
     # RoPE's inverse frequencies are computed, not saved: build the module again on the device
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config, device=device)
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"the streamed load left {len(left)} tensor(s) unfilled, e.g. {left[0]}")

@@ -10,6 +10,7 @@ YAML's values, and `rank: auto` there is a quarter of the hidden size (methods/l
 """
 from __future__ import annotations
 
+from harness import CONF_DIR
 from harness.schema import ConfigError
 
 PRETRAIN = "pretrain"  # the scenario whose recipes are keyed by model
@@ -48,7 +49,7 @@ def _exists(config: dict, key: str) -> bool:
 
 
 def apply_recipe(config: dict, given: set[str], models: tuple[str, ...],
-                 scenarios: tuple[str, ...] = ()) -> tuple[str, ...]:
+                 scenarios: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """Merge method.recipes[<model name>] into the job's config (keys in `given` excepted), drop the table, and return
     the `key=value` pairs it set. `models` are the known model options: a table entry naming none is a typo. An entry
     named after a scenario (`finetune:`, one of `scenarios`) is the recipe of every job of that scenario; the model
@@ -60,11 +61,13 @@ def apply_recipe(config: dict, given: set[str], models: tuple[str, ...],
     if not isinstance(recipes, dict) or not all(isinstance(v, dict) for v in recipes.values()):
         raise ConfigError(f"method.recipes of method {method.get('name')} must map model names to mappings of "
                           "method keys (llama_60m: {optimizer: {rank: 128}})")
+    if scenarios is None:  # the scenario options of conf/scenario
+        scenarios = tuple(sorted(p.stem for p in (CONF_DIR / "scenario").glob("*.yaml")))
     unknown = sorted(set(recipes) - set(models) - set(scenarios))
     if unknown:
         raise ConfigError(f"method.recipes.{unknown[0]} names no model or scenario; allowed: "
                           f"{', '.join((*models, *scenarios))}")
-    scenario = config.get("scenario", {}).get("name")
+    scenario = config.get("scenario", {}).get("name", PRETRAIN)
     model = config.get("model", {}).get("name") if scenario == PRETRAIN else scenario
     applied = []
     for key, value in leaves(recipes.get(model) or {}, "method"):
