@@ -102,8 +102,8 @@ def training_verdict(train_curve: Sequence) -> tuple[str, str]:
     window = min(TRAIN_WINDOW, len(train_curve) // 2)
     first = statistics.fmean(loss for _, loss in train_curve[:window])
     last = statistics.fmean(loss for _, loss in train_curve[-window:])
-    moved = (f"memory run, {train_curve[-1][0]} steps (not a quality measurement): mean train loss of the first "
-             f"{window} logged steps {first:.4g}, of the last {window} {last:.4g}")
+    moved = (f"memory run (not a quality measurement): mean train loss of the first {window} logged steps "
+             f"{first:.4g}, of the last {window} {last:.4g}")
     if last > first + FLAT:
         return "diverged", moved
     if last > first - FLAT:
@@ -173,3 +173,25 @@ def _final(row: dict, baseline: list[dict]) -> tuple[str | None, str | None]:
             return "not_learning", (f"improvement {gain:.3g} is within noise of zero (< {NOISE_SIGMAS:g} x the "
                                     f"{BASELINE_METHOD} baseline's std over {len(baseline)} seeds = {noise:.3g})")
     return verdict, f"{reason}; {gain / base_gain:.0%} of the {BASELINE_METHOD} baseline's improvement"
+
+
+# fidelity of a KV-cache or weight method against the full cache (scenario=generate, harness/fidelity.py)
+FIDELITY_COLLAPSED_PPL = 2.0  # perplexity through the cache above this multiple of the full cache's: collapsed
+FIDELITY_DEGRADED_PPL = 1.05  # above this multiple (or top-1 agreement below FIDELITY_DEGRADED_TOP1): degraded
+FIDELITY_DEGRADED_TOP1 = 0.9
+
+
+def fidelity_verdict(row: dict) -> tuple[str | None, str | None]:
+    """(faithful | degraded | collapsed, reason) of a generate row that measured fidelity; (None, None) otherwise.
+    collapsed: perplexity through the cache more than FIDELITY_COLLAPSED_PPL x the full cache's on the same tokens
+    (or not finite): no trade-off, whatever it saves. degraded: above FIDELITY_DEGRADED_PPL x, or top-1 agreement
+    below FIDELITY_DEGRADED_TOP1. faithful: neither."""
+    ppl, full, top1 = row.get("fidelity_ppl"), row.get("fidelity_ppl_full"), row.get("fidelity_top1")
+    if row.get("status") != "ok" or not _finite(full) or top1 is None or (isinstance(top1, float) and top1 != top1):
+        return None, None
+    if not _finite(ppl) or ppl > FIDELITY_COLLAPSED_PPL * full:
+        return "collapsed", f"perplexity {ppl:.4g} through the cache against {full:.4g} with the full cache"
+    ratio = ppl / full
+    if ratio > FIDELITY_DEGRADED_PPL or top1 < FIDELITY_DEGRADED_TOP1:
+        return "degraded", f"perplexity x{ratio:.3f} of the full cache's, top-1 agreement {top1:.3f}"
+    return "faithful", f"perplexity x{ratio:.3f} of the full cache's, top-1 agreement {top1:.3f}"
