@@ -254,7 +254,7 @@ def _check_windows(train, quality, sizes) -> None:
                               f"split's {n_eval} tokens ({eval_from})), less than one window of "
                               f"train.seq_len={train.seq_len}: use more data or a smaller train.seq_len")
         return
-    needed = train.batch_size * train.seq_len
+    needed = (1 if train.batch_size == "auto" else train.batch_size) * train.seq_len  # auto: the job checks its own
     if train.eval_batches and n_eval < needed:
         raise ConfigError(f"the held-out split has {n_eval} tokens ({eval_from}); one eval batch needs "
                           f"train.batch_size x train.seq_len={needed}: use more data, smaller batches or "

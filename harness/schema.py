@@ -98,7 +98,7 @@ def _check_seed(key: str, seed: int) -> None:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    batch_size: int
+    batch_size: int | Literal["auto"]  # auto: the largest batch that runs on the job's GPU (harness/autobatch.py)
     seq_len: int
     steps: int
     warmup_steps: int
@@ -111,10 +111,14 @@ class TrainSpec:
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step, gradients summed (harness/distributed.py)
     distributed: Distributed = "none"  # how run.nproc ranks share the job (harness/distributed.py)
     save_checkpoint: bool = False  # save the trained model (save_pretrained) in the job's folder (harness/checkpoints.py)
+    memory_budget_gib: float | None = None  # batch_size=auto: allocated peak allowed (null: what the GPU holds)
 
     def check(self) -> None:
-        for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 2), ("warmup_steps", 1), ("eval_batches", 0),
-                          ("lr_warmup_steps", 0), ("grad_accum", 1)):
+        if self.batch_size == "auto" and self.memory_budget_gib is not None and self.memory_budget_gib <= 0:
+            raise ConfigError(f"train.memory_budget_gib={self.memory_budget_gib} is invalid; it must be > 0 or null")
+        sized = (("batch_size", 1),) if self.batch_size != "auto" else ()
+        for name, low in sized + (("seq_len", 2), ("steps", 2), ("warmup_steps", 1), ("eval_batches", 0),
+                                  ("lr_warmup_steps", 0), ("grad_accum", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"train.{name}={getattr(self, name)} is invalid; it must be >= {low}")
         if self.warmup_steps >= self.steps:

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from harness import PROJECT_ROOT
+from harness import autobatch
 from harness import data as data_lib
+from harness.estimate import job_estimate
 from harness import checkpoints, distributed
 from harness.loading import load_model
 from harness.models import flops_per_token
@@ -103,6 +105,9 @@ class Hooks:
 
 def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault=lambda stage, model: None,
                  hooks: Hooks | None = None) -> None:
+    if spec.train.batch_size == "auto":  # trials in child processes, before this process touches CUDA
+        spec = autobatch.resolve(spec, record)
+    record.update(job_estimate(spec))  # the memory estimate (harness/estimate.py), no GPU used
     cuda = device.type == "cuda"
     dtype = resolve_dtype(spec.train.dtype, device)
     seed = spec.train.seed

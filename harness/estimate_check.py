@@ -1,0 +1,159 @@
+"""The estimator against the committed GPU rows: `python -m harness.estimate_check [--out results/estimate_check.md]`.
+
+For every row that ended ok in results/{h100,h200}/ of the sweeps methods_gpu, llama7b_* and default_gpu, the job
+is rebuilt from the row's own config (its `config` field) and estimated on this machine (no GPU); the estimate's
+peak is set beside the row's measured peak_allocated (torch.cuda.max_memory_allocated). Rows with the same config
+share one estimate. Also recomputed here: CUDA_CONTEXT (harness.estimate), the median of nvml_process_peak -
+peak_reserved over the same rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from harness import PROJECT_ROOT
+from harness.results import read_rows
+
+SWEEPS = ("methods_gpu", "llama7b_bf16", "llama7b_int8", "default_gpu")
+DEVICES = ("h100", "h200")
+ROW_LIMIT = 0.05  # |error| <= 5 % of the measured peak on every row
+MEDIAN_LIMIT = 0.01  # median |error| <= 1 %
+
+
+def committed_rows(root: Path = PROJECT_ROOT / "results") -> list[tuple[str, dict]]:
+    """(rows file relative to results/, row) of every ok GPU row of SWEEPS."""
+    out = []
+    for device in DEVICES:
+        for sweep in SWEEPS:
+            path = root / device / f"{sweep}.rows.jsonl"
+            out += [(f"{device}/{path.name}", r) for r in read_rows(path) if r.get("status") == "ok"
+                    and r.get("peak_allocated")]
+    return out
+
+
+def _config_key(config: dict) -> str:
+    config = json.loads(json.dumps(config))
+    for section, key in (("run", k) for k in ("force", "results_dir", "timeout_s", "repeats", "retry_failed")):
+        config.get(section, {}).pop(key, None)
+    config.pop("sweep", None)
+    return json.dumps(config, sort_keys=True)
+
+
+def spec_of(row: dict):
+    """The row's job as a JobSpec: from its config (a config from older code: keys this code does not know are
+    dropped, missing ones take today's defaults)."""
+    from harness.schema import JobSpec
+
+    config = json.loads(json.dumps(row["config"]))
+    config["run"] = {**config.get("run", {}), "device": "cuda"}
+    defaults = _defaults()
+    for section, values in defaults.items():
+        if isinstance(values, dict) and section not in ("model", "dataset", "method"):
+            given = {k: v for k, v in (config.get(section) or {}).items() if k in values}
+            config[section] = {**{k: v for k, v in values.items() if v != "???"}, **given}
+    config = {k: v for k, v in config.items() if k in defaults}
+    return JobSpec.from_dict(config)
+
+
+_DEFAULTS: dict = {}
+
+
+def _defaults() -> dict:
+    if not _DEFAULTS:
+        from harness.config import default_config
+
+        _DEFAULTS.update(default_config())
+    return _DEFAULTS
+
+
+def check(rows: list[tuple[str, dict]], progress=None) -> list[dict]:
+    """One line per row: where, model, method, batch, measured, estimated, error (estimate / measured - 1)."""
+    from harness.estimate import estimate
+
+    cache: dict[str, object] = {}
+    lines = []
+    for i, (where, row) in enumerate(rows):
+        key = _config_key(row["config"])
+        if key not in cache:
+            try:
+                cache[key] = estimate(spec_of(row))
+            except Exception as e:  # reported in its line: a config this code cannot rebuild or trace
+                cache[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        est = cache[key]
+        line = {"rows": where, "model": row["model"], "method": row["method"], "batch": row["batch_size"],
+                "git_sha": (row.get("git_sha") or "")[:7], "measured": row["peak_allocated"]}
+        if isinstance(est, str):
+            line.update(estimate=None, error=None, note=est)
+        else:
+            line.update(estimate=est.peak, error=est.peak / row["peak_allocated"] - 1, note="",
+                        phase=max(est.phases, key=lambda p: est.phases[p]["peak"]))
+        lines.append(line)
+        if progress:
+            progress(i + 1, len(rows), line)
+    return lines
+
+
+def context_bytes(rows: list[tuple[str, dict]]) -> list[int]:
+    return [r["nvml_process_peak"] - r["peak_reserved"] for _, r in rows
+            if r.get("nvml_process_peak") and r.get("peak_reserved")]
+
+
+def summary(lines: list[dict]) -> dict:
+    errors = [abs(line["error"]) for line in lines if line["error"] is not None]
+    worst = max((line for line in lines if line["error"] is not None), key=lambda x: abs(x["error"]), default=None)
+    return {"rows": len(lines), "estimated": len(errors), "median_abs_error": statistics.median(errors) if errors
+            else None, "worst": worst, "within_row_limit": sum(e <= ROW_LIMIT for e in errors),
+            "not_estimated": [line for line in lines if line["error"] is None]}
+
+
+def markdown(lines: list[dict], context: list[int]) -> str:
+    s = summary(lines)
+    worst = s["worst"]
+    out = ["# The memory estimate against the committed GPU rows", "",
+           "Generated by `python -m harness.estimate_check` (no GPU needed); the method is in docs/estimator.md.",
+           f"Rows: every row that ended ok of {', '.join(SWEEPS)} under results/{{{','.join(DEVICES)}}}/. "
+           "measured: the row's peak_allocated (torch.cuda.max_memory_allocated over the job's load and steps); "
+           "estimate: harness.estimate's peak for the row's config; error: estimate / measured - 1.", "",
+           f"- rows: {s['rows']}, estimated: {s['estimated']}, within ±{ROW_LIMIT:.0%}: {s['within_row_limit']}",
+           f"- median |error|: {100 * s['median_abs_error']:.3f} % (limit {MEDIAN_LIMIT:.0%})"
+           if s["median_abs_error"] is not None else "- median |error|: -"]
+    if worst:
+        out.append(f"- worst: {worst['rows']} {worst['model']} {worst['method']} batch {worst['batch']} at "
+                   f"{worst['git_sha']}: {100 * worst['error']:+.2f} %")
+    if context:
+        out.append(f"- nvml_process_peak - peak_reserved over {len(context)} rows (the CUDA context): median "
+                   f"{statistics.median(context) / 2**20:,.0f} MiB, range {min(context) / 2**20:,.0f}-"
+                   f"{max(context) / 2**20:,.0f} MiB")
+    out += ["", "| rows | model | method | batch | code | measured (MiB) | estimate (MiB) | error | peak phase | note |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for line in lines:
+        est = f"{line['estimate'] / 2**20:,.1f}" if line["estimate"] is not None else "-"
+        err = f"{100 * line['error']:+.3f} %" if line["error"] is not None else "-"
+        out.append(f"| {line['rows']} | {line['model']} | {line['method']} | {line['batch']} | {line['git_sha']} | "
+                   f"{line['measured'] / 2**20:,.1f} | {est} | {err} | {line.get('phase', '-')} | {line['note']} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "estimate_check.md")
+    args = parser.parse_args(argv)
+    rows = committed_rows()
+
+    def progress(done, total, line):
+        err = f"{100 * line['error']:+.3f} %" if line["error"] is not None else line["note"]
+        print(f"[{done}/{total}] {line['rows']} {line['model']} {line['method']}: {err}", file=sys.stderr)
+
+    lines = check(rows, progress)
+    args.out.write_text(markdown(lines, context_bytes(rows)))
+    s = summary(lines)
+    print(f"{args.out}: {s['estimated']}/{s['rows']} rows estimated, {s['within_row_limit']} within "
+          f"±{ROW_LIMIT:.0%}, median |error| {100 * (s['median_abs_error'] or 0):.3f} %")
+    return 0 if s["estimated"] == s["rows"] and s["within_row_limit"] == s["rows"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""One training job traced without memory: the model, the method's transforms and optimizer and two training steps
+run under torch's FakeTensorMode (shapes and dtypes only, no data, on any machine), watched by the live-tensor probe
+(harness.probes.LiveTensorProbe). Every storage the probe sees born or freed is replayed through a model of the CUDA
+caching allocator (harness.cuda_alloc), so each phase's peak comes out as torch.cuda.max_memory_allocated would give
+it on a GPU, split by what the bytes hold.
+
+What the trace does to look like the GPU job (a CUDA job, the rows it is checked against):
+- scaled_dot_product_attention calls the kernel CUDA picks: flash attention for fp16/bf16 without a mask, else
+  memory-efficient attention (on the CPU torch would pick its own kernels, which keep other tensors for backward);
+- methods are built for a CUDA device where their code asks (AdamW's fused step);
+- the cuBLAS workspace that torch allocates through the caching allocator at the first matrix product of a thread
+  (the training thread in forward, autograd's device thread in backward) is allocated there: CUBLAS_WORKSPACE bytes.
+What it cannot see: buffers a kernel allocates inside itself and frees before returning (flash attention's backward
+accumulators, cuSOLVER's SVD workspace, Triton kernels' scratch); `harness.estimate` adds the calibrated remainder.
+"""
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from harness.cuda_alloc import CachingAllocator
+from harness.probes import LiveTensorProbe, inner_tensors, model_tensors, optimizer_state_tensors
+
+# torch's default cuBLAS workspace on Hopper (sm90) with CUDA >= 12: CUBLAS_WORKSPACE_CONFIG=:4096:8, 8 chunks of
+# 4 MiB per handle and stream (aten/src/ATen/cuda/CublasHandlePool.cpp); one per thread that runs matrix products.
+CUBLAS_WORKSPACE = 32 << 20
+_CUBLAS_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+               torch.ops.aten.baddbmm.default, torch.ops.aten._addmm_activation.default}
+# .item() of a fake tensor has no value: 1 (1.0 for floating point, True for bool) stands in, so code that reads a
+# scalar (a fill value, a norm for clipping) goes on; code whose allocations depend on such a value is not traced
+# faithfully (none of the registered methods allocates by a value read back).
+SCALAR_STAND_IN = {False: 1, True: 1.0}
+PARTS = ("weights", "grads", "optimizer_state", "activations", "temporaries", "workspace", "allocator")
+PHASES = ("load", "forward", "backward", "optimizer")
+
+
+def storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+def keys_of(tensors) -> set[int]:
+    return {storage_key(inner) for t in tensors for inner in inner_tensors(t) if inner.untyped_storage().nbytes()}
+
+
+class _TraceProbe(LiveTensorProbe):
+    """The live-tensor probe, also replaying each storage's birth and release through the allocator model and
+    logging them (key, bytes, +1/-1) for the breakdown."""
+
+    def __init__(self, allocator: CachingAllocator):
+        super().__init__()
+        self.allocator = allocator
+        self.log: list[tuple[int, int, int]] = []  # (serial, tensor bytes, +block bytes | -block bytes)
+        self.phase = "load"
+        self.born: dict[int, str] = {}  # serial -> phase
+        self.serial: dict[int, int] = {}  # live storage (_cdata, reused after a free) -> its serial number
+        self.workspaces: set[str] = set()
+
+    def _track(self, t: torch.Tensor) -> None:
+        before = len(self._live)
+        super()._track(t)
+        for key in itertools.islice(reversed(self._live), len(self._live) - before):
+            self.serial[key] = self.allocate(self._live[key])
+
+    def allocate(self, nbytes: int) -> int:
+        serial = len(self.born)
+        self.born[serial] = self.phase
+        self.log.append((serial, nbytes, self.allocator.malloc(serial, nbytes)))
+        return serial
+
+    def _release(self, key: int) -> None:
+        super()._release(key)
+        serial = self.serial.pop(key, None)
+        if serial is not None:
+            self.log.append((serial, 0, -self.allocator._live[serial].size))
+            self.allocator.free(serial)
+
+    def serials(self, tensors) -> set[int]:
+        return {self.serial[k] for k in keys_of(tensors) if k in self.serial}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:  # a value read back (.item(), int(t)): no data here
+            return SCALAR_STAND_IN[args[0].dtype.is_floating_point or args[0].dtype == torch.bool]
+        thread = "backward" if self.phase == "backward" else "main"
+        if func in _CUBLAS_OPS and thread not in self.workspaces:
+            self.workspaces.add(thread)
+            self.born[self.allocate(CUBLAS_WORKSPACE)] = "workspace"
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def _cuda_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """torch.nn.functional.scaled_dot_product_attention as a CUDA device dispatches it (flash, else efficient)."""
+    if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
+                                                                  scale=scale)[0]
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, query.requires_grad,
+                                                                  dropout_p, is_causal, scale=scale)[0]
+
+
+@contextmanager
+def _cuda_attention():
+    original = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = _cuda_sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+@contextmanager
+def _eager():
+    """torch.compile'd functions (torchao's optimizer steps) run eagerly, so that the probe sees their tensors."""
+    torch.compiler.set_stance("force_eager")
+    try:
+        yield
+    finally:
+        torch.compiler.set_stance("default")
+
+
+@dataclass
+class PhasePeak:
+    peak: int  # allocated bytes (caching-allocator model) at the phase's high-water mark
+    parts: dict  # PARTS -> bytes at that moment (allocator: blocks beyond the tensors' bytes)
+    live_peak: int  # the live-tensor probe's peak of the phase (tensor bytes, no allocator)
+
+
+@dataclass
+class Trace:
+    phases: dict[str, PhasePeak] = field(default_factory=dict)
+    weights: int = 0
+    grads: int = 0
+    optimizer_state: int = 0
+    activations: int = 0
+    live_peak: int = 0
+    reserved_peak: int = 0
+    n_params: int = 0
+    n_trainable: int = 0
+
+
+def trace_job(spec, batch_size: int | None = None, steps: int = 2) -> Trace:
+    """Trace `steps` training steps of the job `spec` (a harness.schema.JobSpec) at `batch_size` (default: the
+    job's). No memory is used: every tensor is fake."""
+    from harness.models import build_model
+    from harness.parts import apply_transforms, build_optimizer, loop_step
+    from harness.train import DTYPES
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    dtype = DTYPES.get(spec.train.dtype, torch.bfloat16)  # auto: bf16, as on a GPU that has it
+    allocator = CachingAllocator()
+    probe = _TraceProbe(allocator)
+    marks: list[tuple[str, int, int, int]] = []  # (phase, log index at its peak, peak, live-tensor peak)
+    grads: set[int] = set()
+    activations: set[int] = set()
+
+    @contextmanager
+    def phase(name: str):
+        probe.phase, start = name, len(probe.log)
+        allocator.reset_peak()
+        probe.start_window()
+        yield
+        if name == "backward":
+            grads.update(probe.serials(p.grad for p in model.parameters() if p.grad is not None))
+        if name == "forward":
+            activations.update(s for s in probe.serial.values() if probe.born[s] == "forward")
+        marks.append((name, _peak_index(probe.log, start, allocator), allocator.peak, probe.window_peak))
+        probe.phase = "between"
+
+    with FakeTensorMode(allow_non_fake_inputs=True), _cuda_attention(), _eager(), probe:
+        model = apply_transforms(spec.method, build_model(spec.model, dtype, cpu), cpu)
+        model.train()
+        marks.append(("load", _peak_index(probe.log, 0, allocator), allocator.peak, probe.peak))
+        optimizer = build_optimizer(spec.method, model, cuda)
+        if "step" in vars(optimizer):  # a torch.compile'd step hidden from dispatch modes: run it eager, traced
+            optimizer.step = optimizer.step.__wrapped__
+        step_fn = loop_step(spec.method)
+        for _ in range(steps):
+            probe.phase = "batch"
+            step_fn(model, optimizer, torch.zeros(batch_size or spec.train.batch_size, spec.train.seq_len,
+                                                  dtype=torch.long), phase)
+        weights = probe.serials(model_tensors(model))
+        states = probe.serials(optimizer_state_tensors(optimizer))
+        trace = Trace(n_params=sum(p.numel() for p in model.parameters()),
+                      n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      weights=sum(probe._live[k] for k in keys_of(model_tensors(model)) if k in probe._live),
+                      optimizer_state=sum(probe._live[k] for k in keys_of(optimizer_state_tensors(optimizer))
+                                          if k in probe._live),
+                      live_peak=probe.peak, reserved_peak=allocator.peak_reserved)
+    classes = {}
+    for serial, born in probe.born.items():
+        classes[serial] = ("workspace" if born == "workspace" else "weights" if serial in weights
+                           else "optimizer_state" if serial in states else "grads" if serial in grads
+                           else "activations" if serial in activations else "temporaries")
+    for name, index, peak, live_peak in marks:
+        if name not in trace.phases or peak >= trace.phases[name].peak:
+            trace.phases[name] = PhasePeak(peak, _parts_at(probe.log, index, classes), live_peak)
+    forward = trace.phases.get("forward")
+    trace.activations = forward.parts["activations"] if forward else 0
+    trace.grads = max((p.parts["grads"] for p in trace.phases.values()), default=0)
+    return trace
+
+
+def _peak_index(log, start: int, allocator: CachingAllocator) -> int:
+    """The log position (exclusive) where the allocated bytes last reached the phase's peak."""
+    level = allocator.allocated - sum(blocks for _, _, blocks in log[start:])
+    best, at = level, start
+    for i in range(start, len(log)):
+        level += log[i][2]
+        if level >= best:
+            best, at = level, i + 1
+    return at
+
+
+def _parts_at(log, index: int, classes: dict) -> dict:
+    """Bytes per part of what is allocated after log[:index]; `allocator`: the blocks' bytes beyond the tensors'."""
+    tensors, blocks = {}, {}
+    for serial, nbytes, size in log[:index]:
+        if size > 0:
+            tensors[serial], blocks[serial] = nbytes, size
+        else:
+            del tensors[serial], blocks[serial]
+    parts = dict.fromkeys(PARTS, 0)
+    for serial, nbytes in tensors.items():
+        parts[classes[serial]] += nbytes
+    parts["allocator"] = sum(blocks.values()) - sum(tensors.values())
+    return parts
