@@ -352,6 +352,7 @@ def to_csv_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(rows_path: Path, out_dir: Path) -> list[Path]:
+    from harness import generate_report
     from harness.plots import memory_breakdown, pareto, throughput_bars
 
     frame = load_rows([rows_path])
@@ -366,10 +367,12 @@ def write_report(rows_path: Path, out_dir: Path) -> list[Path]:
         return written
     table = tidy(frame)
     to_csv_table(table).to_csv(written[0], index=False)
-    written[1].write_text(to_markdown(table))
+    generate = generate_report.table(frame)  # scenario=generate: its own table, fidelity verdicts and plots
+    written[1].write_text(to_markdown(table) + generate_report.markdown(generate))
     quality, memory = _split(table)
     written += pareto(quality, out_dir) + finetune_report.pareto_accuracy(table, out_dir)
     written += memory_breakdown(memory, out_dir) + throughput_bars(memory, out_dir)
+    written += generate_report.plots(generate, out_dir)
     return written
 
 

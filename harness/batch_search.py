@@ -21,11 +21,14 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 GIB = 2**30
+BATCH1_FIELDS = ("peak_allocated", "cpu_live_peak", "kv_cache_bytes", "ttft_s", "prefill_tokens_per_s", "decode_ms",
+                 "decode_ms_p20", "decode_ms_p80", "decode_tokens_per_s")
 
 
 def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int, budget: int) -> tuple[int, list]:
     """(largest batch in [1, limit] for which probe(batch) = (fits, peak bytes) fits, 0 if none; the batches probed
-    in order). `budget` (bytes) is only used to guess the third probe from the peaks of the first two."""
+    in order). `budget` (bytes) is only used to guess the third probe from the peaks of the first two; a right guess
+    g costs two more probes (g fits, g + 1 does not)."""
     seen: dict[int, tuple[bool, int | None]] = {}
 
     def fits(batch: int) -> bool:
@@ -35,24 +38,20 @@ def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int,
 
     if not fits(1):
         return 0, list(seen)
-    good, bad = 1, limit + 1
-    if limit >= 2 and fits(2):
-        good = 2
-        (_, p1), (_, p2) = seen[1], seen[2]
-        guess = 2 if p1 is None or p2 is None or p2 <= p1 else None
-        if guess is None:
-            guess = 2 + max(0, (budget - p2) // (p2 - p1))
-        guess = min(max(guess, 3), limit)
-        if guess > good and fits(guess):
-            good = guess
-            step = max(1, guess // 8)
-            while good < limit and fits(min(good + step, limit)):
-                good, step = min(good + step, limit), step * 2
-            bad = min(good + step, limit + 1) if good < limit else limit + 1
-        elif guess > good:
-            bad = guess
-    elif limit >= 2:
-        bad = 2
+    if limit == 1 or not fits(2):
+        return 1, list(seen)
+    (_, p1), (_, p2) = seen[1], seen[2]
+    guess = 2 + (budget - p2) // (p2 - p1) if p1 is not None and p2 is not None and p2 > p1 else 4
+    guess = min(max(guess, 3), limit)
+    if fits(guess):
+        good, bad, step = guess, limit + 1, 1
+        while good < limit and fits(min(good + step, limit)):  # from the guess upwards: +1, +2, +4, ...
+            good, step = min(good + step, limit), step * 2
+        bad = min(good + step, limit + 1) if good < limit else limit + 1
+    elif fits(guess - 1) or guess - 1 == 2:
+        return guess - 1 if seen[guess - 1][0] else 2, list(seen)
+    else:
+        good, bad = 2, guess - 1
     while bad - good > 1:
         middle = (good + bad) // 2
         good, bad = (middle, bad) if fits(middle) else (good, middle)
@@ -105,8 +104,11 @@ def search(spec, device: torch.device, record: dict) -> None:
         return status == "ok" and result.get(peak_key, budget + 1) <= budget, result.get(peak_key)
 
     best, order = largest_fitting(probe, spec.infer.batch_limit, budget)
-    record.update(memory_budget=budget, batch_search=[[b, records[b][0], records[b][1].get(peak_key)] for b in order],
-                  batch_size_auto=True, batch_search_probe=peak_key)
+    record.update(memory_budget=budget, batch_size_auto=True, batch_search_probe=peak_key,
+                  batch_search=[[b, records[b][0] if records[b][0] != "ok" or records[b][1].get(peak_key, budget + 1)
+                                 <= budget else "over_budget", records[b][1].get(peak_key)] for b in order])
+    first = records[1][1]  # the batch-1 run, a row's worth of figures beside the largest batch's
+    record.update({f"batch1_{k}": first.get(k) for k in BATCH1_FIELDS})
     if best == 0:
         status, result = records[1]
         record.update(status="oom", error=f"batch 1 does not fit infer.memory_budget_gib="

@@ -25,10 +25,11 @@ import torch
 
 from harness import PROJECT_ROOT
 from harness import data as data_lib
+from harness.loading import from_checkpoint
 from harness.models import build_model
 from harness.parts import apply_transforms, cache_part
 from harness.probes import LiveTensorProbe, NvmlSampler, model_tensors, object_tensors, storage_bytes
-from harness.schema import JobSpec
+from harness.schema import CheckpointSpec, JobSpec
 from harness.tokenizer import cache_dir
 from harness.train import resolve_dtype, seed_everything
 from methods.kv_cache import bind, join_batches
@@ -100,11 +101,13 @@ def kv_bytes(cache) -> int:
 
 
 def prefill(model, build_cache, ids: torch.Tensor, micro_batch: int | None):
-    """(cache, first generated tokens (B, 1)): the prompts in forwards of `micro_batch` sequences, caches joined."""
+    """(cache, first generated tokens (B, 1)): the prompts in forwards of `micro_batch` sequences, caches joined
+    (all at once for a cache whose state cannot be joined along the batch: `joinable = False`)."""
     caches, firsts = [], []
-    step = micro_batch or len(ids)
+    cache = build_cache()
+    step = micro_batch or len(ids) if getattr(cache, "joinable", True) else len(ids)
     for start in range(0, len(ids), step):
-        cache = build_cache()
+        cache = cache if start == 0 else build_cache()
         bind(model, cache)
         with getattr(cache, "prefill_context", lambda m: nullcontext())(model):
             logits = model(input_ids=ids[start:start + step], past_key_values=cache, use_cache=True,
@@ -135,7 +138,9 @@ def load(spec: JobSpec, device: torch.device, record: dict):
     dtype = resolve_dtype(spec.train.dtype, device)
     seed_everything(spec.train.seed)
     record.update(dtype=str(dtype).removeprefix("torch."), seed=spec.train.seed)
-    model = build_model(spec.model, dtype, device).eval()
+    checkpoint = isinstance(spec.model, CheckpointSpec)  # weights as saved; its transforms come after the reference
+    model = (from_checkpoint(spec.model.path, dtype, device) if checkpoint else build_model(spec.model, dtype, device))
+    model.eval()
     results = Path(os.path.expanduser(spec.run.results_dir))
     folder = cache_dir(results if results.is_absolute() else PROJECT_ROOT / results)
     _, held_out, info = data_lib.load_tokens(spec.dataset, getattr(model.config, "vocab_size", None), folder)

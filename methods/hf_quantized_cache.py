@@ -32,6 +32,9 @@ def build(model, options: Options, max_tokens: int) -> Cache:
 
     if PACKAGES[options.backend]:
         require(PACKAGES[options.backend], f"QuantizedCache(backend={options.backend})")
-        return QuantizedCache(options.backend, model.config, nbits=options.nbits, q_group_size=options.q_group_size,
-                              residual_length=options.residual_length)
-    return QuantizedCache(options.backend, model.config)
+        cache = QuantizedCache(options.backend, model.config, nbits=options.nbits, q_group_size=options.q_group_size,
+                               residual_length=options.residual_length)
+    else:
+        cache = QuantizedCache(options.backend, model.config)
+    cache.joinable = False  # quantized state per tensor (fp8's one scale) or in the backend's objects
+    return cache

@@ -32,4 +32,5 @@ def build(model, options: Options, max_tokens: int) -> Cache:
     kvpress = require("kvpress", f"kvpress's {PRESSES[options.press]}")
     cache = DynamicCache(config=model.config)
     cache.prefill_context = getattr(kvpress, PRESSES[options.press])(compression_ratio=options.compression_ratio)
+    cache.joinable = False  # a press may keep a different number of tokens per micro-batch
     return cache
