@@ -90,7 +90,10 @@ def wrap_model(spec, model, device):
 
 
 class _Zero1(ZeroRedundancyOptimizer):
-    """ZeroRedundancyOptimizer whose `state` is this rank's shard (the local optimizer's), for the state probe."""
+    """ZeroRedundancyOptimizer whose `state` is this rank's shard (the local optimizer's), for the state probe, and
+    whose local optimizer may build several parameter groups (GaLore's projected and plain ones) from the one group
+    it is given: the schedule's lr, set on the one exposed group, reaches each local group in proportion to its own
+    base lr (ZeRO itself copies group by group, and needs as many on both sides)."""
 
     @property
     def state(self):
@@ -99,6 +102,14 @@ class _Zero1(ZeroRedundancyOptimizer):
     @state.setter
     def state(self, value):
         self._state = value
+
+    def _sync_param_groups(self, src, dst) -> None:
+        if len(src) == len(dst):
+            ZeroRedundancyOptimizer._sync_param_groups(src, dst)
+        elif dst is self.optim.param_groups:  # exposed -> local, before each step
+            scale = src[0]["lr"] / self._exposed_lr
+            for group, base in zip(dst, self._local_lrs, strict=True):
+                group["lr"] = base * scale
 
 
 def build_optimizer(spec, model, device, build):
@@ -111,16 +122,11 @@ def build_optimizer(spec, model, device, build):
 
     def local_optimizer(groups, **_):
         subset = [(names[p], p) for group in groups for p in group["params"]]
-        optimizer = build(spec.method, types.SimpleNamespace(named_parameters=lambda: subset), device)
-        if len(optimizer.param_groups) != 1:
-            raise ValueError(f"train.distributed=zero1 shards an optimizer of one parameter group; "
-                             f"{spec.method.optimizer.get('name')} builds {len(optimizer.param_groups)}")
-        return optimizer
+        return build(spec.method, types.SimpleNamespace(named_parameters=lambda: subset), device)
 
     zero = _Zero1([p for _, p in named], optimizer_class=local_optimizer)
-    for key, value in zero.optim.param_groups[0].items():  # lr & co. on the exposed group, which step() syncs down
-        if key != "params":
-            zero.param_groups[0].setdefault(key, value)
+    zero._local_lrs = [group["lr"] for group in zero.optim.param_groups]
+    zero._exposed_lr = zero.param_groups[0]["lr"] = zero._local_lrs[0]  # the schedule scales this one
     return zero
 
 
