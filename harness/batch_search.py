@@ -3,9 +3,10 @@
 Each candidate batch runs in a child process of its own (a fresh CUDA context, allocator and peak counters; a CUDA
 OOM there is data, not a crash of the job), forked from a multiprocessing fork server that has imported the
 harness once and never touches CUDA. `largest_fitting` is the search, separate from what a probe runs, so any
-scenario can use it: the first two probes (1 and 2) give a line, peak(b) ≈ a + b·per_sequence, whose prediction is
-probed next; from there the bracket [largest that fit, smallest that did not] is narrowed by bisection, growing by
-doubling while every probe fits. A probe fits when it ends ok with its peak within the budget.
+scenario can use it: after batch 1, two probes (the prefill chunk's size and twice that) give a line,
+peak(b) ≈ a + b·per_sequence, whose prediction is probed next; from there the bracket [largest that fit, smallest
+that did not] is narrowed by bisection, growing by doubling while every probe fits. A probe fits when it ends ok
+with its peak within the budget.
 
 The generate job's row is the run at the largest batch found (harness.infer.measure, fidelity off), with
 `batch_search`: [[batch, status, peak bytes], ...] in the order probed, and `memory_budget`.
@@ -25,10 +26,12 @@ BATCH1_FIELDS = ("peak_allocated", "cpu_live_peak", "kv_cache_bytes", "ttft_s", 
                  "decode_ms_p20", "decode_ms_p80", "decode_tokens_per_s")
 
 
-def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int, budget: int) -> tuple[int, list]:
+def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int, budget: int,
+                    start: int = 2) -> tuple[int, list]:
     """(largest batch in [1, limit] for which probe(batch) = (fits, peak bytes) fits, 0 if none; the batches probed
-    in order). `budget` (bytes) is only used to guess the third probe from the peaks of the first two; a right guess
-    g costs two more probes (g fits, g + 1 does not)."""
+    in order). Batch 1 first, then `start` and 2·start, whose peaks give the line peak(b) ≈ a + b·c; its prediction
+    g for `budget` (bytes) is probed next, then g + 1 (or g − 1), and bisection closes what is left. `start` should
+    be where the line is straight (past a prefill chunk's size, whose activations grow with the batch below it)."""
     seen: dict[int, tuple[bool, int | None]] = {}
 
     def fits(batch: int) -> bool:
@@ -38,20 +41,27 @@ def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int,
 
     if not fits(1):
         return 0, list(seen)
-    if limit == 1 or not fits(2):
-        return 1, list(seen)
-    (_, p1), (_, p2) = seen[1], seen[2]
-    guess = 2 + (budget - p2) // (p2 - p1) if p1 is not None and p2 is not None and p2 > p1 else 4
-    guess = min(max(guess, 3), limit)
-    if fits(guess):
-        good, bad, step = guess, limit + 1, 1
-        while good < limit and fits(min(good + step, limit)):  # from the guess upwards: +1, +2, +4, ...
-            good, step = min(good + step, limit), step * 2
-        bad = min(good + step, limit + 1) if good < limit else limit + 1
-    elif fits(guess - 1) or guess - 1 == 2:
-        return guess - 1 if seen[guess - 1][0] else 2, list(seen)
-    else:
-        good, bad = 2, guess - 1
+    good, bad = 1, limit + 1
+    a, b = min(max(start, 2), limit), min(2 * max(start, 2), limit)
+    for batch in dict.fromkeys((a, b)):
+        if batch > good:
+            if not fits(batch):
+                bad = batch
+                break
+            good = batch
+    if bad > limit and good < limit:  # a and b fit: the line through their peaks predicts the largest batch
+        (_, pa), (_, pb) = seen[a], seen[b]
+        guess = b + (budget - pb) * (b - a) // (pb - pa) if pa is not None and pb is not None and pb > pa else 2 * b
+        guess = min(max(guess, b + 1), limit)
+        if fits(guess):
+            good, step = guess, 1
+            while good < limit and fits(min(good + step, limit)):  # upwards from the guess: +1, +2, +4, ...
+                good, step = min(good + step, limit), step * 2
+            bad = min(good + step, limit + 1) if good < limit else limit + 1
+        elif guess - 1 > good and fits(guess - 1):
+            return guess - 1, list(seen)
+        else:
+            bad = min(guess - 1, bad) if guess - 1 > good else guess
     while bad - good > 1:
         middle = (good + bad) // 2
         good, bad = (middle, bad) if fits(middle) else (good, middle)
@@ -103,7 +113,7 @@ def search(spec, device: torch.device, record: dict) -> None:
             raise RuntimeError(f"batch_size=auto: batch {batch}: {result['error']}")
         return status == "ok" and result.get(peak_key, budget + 1) <= budget, result.get(peak_key)
 
-    best, order = largest_fitting(probe, spec.infer.batch_limit, budget)
+    best, order = largest_fitting(probe, spec.infer.batch_limit, budget, start=spec.infer.prefill_batch or 2)
     record.update(memory_budget=budget, batch_size_auto=True, batch_search_probe=peak_key,
                   batch_search=[[b, records[b][0] if records[b][0] != "ok" or records[b][1].get(peak_key, budget + 1)
                                  <= budget else "over_budget", records[b][1].get(peak_key)] for b in order])

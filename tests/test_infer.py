@@ -74,12 +74,14 @@ def test_the_search_finds_the_largest_batch_with_few_probes():
         return batch <= 37, 100 + 10 * batch
 
     assert largest_fitting(probe, 1024, budget=100 + 10 * 37)[0] == 37
-    assert probed == [1, 2, 37, 38]  # the line through the first two peaks predicts 37
+    assert probed == [1, 2, 4, 37, 38]  # the line through the peaks at 2 and 4 predicts 37
     for largest in (3, 10, 50, 300):  # peaks that grow faster than a line: the guess misses, bisection corrects
         assert largest_fitting(lambda b, n=largest: (b <= n, 100 + b * b), 1024, budget=100 + 33**2)[0] == largest
     assert largest_fitting(lambda b: (b <= 5, None), 1024, budget=0)[0] == 5  # no peaks: bisection alone
     assert largest_fitting(lambda b: (False, 10), 64, budget=0) == (0, [1])
     assert largest_fitting(lambda b: (True, 10 * b), 7, budget=10**9)[0] == 7
+    assert largest_fitting(lambda b: (b <= 3, 10 * b), 64, budget=10**9, start=4)[0] == 3
+    assert largest_fitting(lambda b: (b <= 6, 10 * b), 64, budget=10**9, start=4)[0] == 6
 
 
 def test_a_training_transform_is_refused_with_a_cache(results_dir):
