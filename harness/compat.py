@@ -57,6 +57,28 @@ FEATURES = {
 # another order (all-reduce, micro-batches) move a loss by ~1e-6 relative; bf16 rounds every weight to 8 bits.
 TOLERANCES = {feature: 1e-3 for feature in FEATURES} | {"bf16": 3e-2}
 JOB_TIMEOUT_S = 120
+# Why a pair fails or differs: by a piece of its reason (REASON_NOTES) or by the pair (PAIR_NOTES, for `wrong`
+# cells, whose reason is a number); compatibility.md prints the note under the reason.
+REASON_NOTES = {
+    "got mixed torch.Tensor and DTensor":
+        "FSDP2 hands the optimizer its rank's row shard of each parameter and gradient as a DTensor; this optimizer "
+        "makes tensors of its own (projection matrices, quantized states, kernel buffers) as plain tensors and mixes "
+        "them with the shard. Sharding it needs an optimizer that works per shard; for GaLore and APOLLO, whose "
+        "projections are of the whole gradient matrix, a row shard's projection would be another method. DDP and "
+        "ZeRO-1 hand it whole tensors and work.",
+    "in-place operations that require placement changes":
+        "Adafactor factors the second moment into row and column means of each matrix; on a row shard the column "
+        "mean needs the other ranks' rows, a redistribution DTensor refuses in place.",
+    "killed after":
+        "a rank hung in a collective and was killed; not investigated further (the pair passes with "
+        "fsdp2_zero2, which keeps the gathered parameters from forward to backward).",
+}
+PAIR_NOTES = {
+    ("apollo_torch", "layerwise"): "apollo-torch seeds each matrix's random projection with the matrix's index "
+    "in its optimizer; the layer-wise loop builds one optimizer per matrix, so every matrix gets the first index's "
+    "seed and another projection than in the standard loop (matrices of one shape then share a projection).",
+    ("apollo_torch_mini", "layerwise"): "as apollo_torch: every matrix gets the first index's seed.",
+}
 
 
 def _method_yaml(method: str) -> dict:
@@ -197,7 +219,9 @@ def _markdown(cells: list[dict], command: str) -> str:
     for c in cells:
         mark = c["status"]
         if c["status"] not in ("ok",) and c["reason"]:
-            number = notes.setdefault(c["reason"], len(notes) + 1)
+            why = PAIR_NOTES.get((c["method"], c["feature"])) or next(
+                (note for piece, note in REASON_NOTES.items() if piece in c["reason"]), "")
+            number = notes.setdefault(c["reason"] + (f" *Why:* {why}" if why else ""), len(notes) + 1)
             mark = f"{mark} [{number}]"
         table[(c["method"], c["feature"])] = mark
     lines = ["# Compatibility matrix", "",
