@@ -168,6 +168,16 @@ CASES = [
      "run.resume_from: no rows file at"),
     ("low-rank target that matches no matrix", ["method=galore", "method.optimizer.target_modules=[nope]"],
      "method.optimizer.target_modules=['nope']: 'nope' is part of no matrix name of model llama_tiny"),
+    ("checkpoint model without a folder or base", ["model=checkpoint"], "model=checkpoint needs model.path"),
+    ("checkpoint folder without config.json", ["model=checkpoint", "model.path={tmp}"],
+     "no readable config.json"),
+    ("saving a model whose layers a transform replaced", ["method=lora", "train.save_checkpoint=true"],
+     "train.save_checkpoint=true saves the model with save_pretrained, but method lora replaces its linear layers"),
+    ("finetuning a randomly initialized model", ["scenario=finetune"],
+     "scenario=finetune starts from a pretrained model; model llama_tiny is built with random weights"),
+    ("a base that is a sweep", ["model=checkpoint", "model.base=['method=adamw,sgd']"], "model.base: "),
+    ("task with one label word", ["dataset=corpus_source", "dataset.labels=[' A']"],
+     "dataset.labels=[' A'] is invalid; give at least two distinct label words"),
 ]
 
 
