@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import PROJECT_ROOT
+from harness import PROJECT_ROOT, tasks
 from harness import data as data_lib
-from harness import tasks
 from harness import tokenizer as tokenizer_lib
 from harness.schema import DATASET_KINDS, CheckpointSpec, ConfigError, HubModelSpec, SyntheticSpec, TaskSpec, _by_kind
 from harness.train import Hooks, _HeldOut, run_training

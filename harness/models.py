@@ -33,7 +33,9 @@ def build_model(spec, dtype: torch.dtype, device: torch.device) -> torch.nn.Modu
             return transformers.LlamaForCausalLM(config)
     if isinstance(spec, HubModelSpec):
         if spec.pretrained:
-            return transformers.AutoModelForCausalLM.from_pretrained(spec.hub_name, dtype=dtype).to(device)
+            # built on the meta device and filled tensor by tensor on `device`: no host copy of the whole model
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                spec.hub_name, dtype=dtype, device_map={"": device}, use_cache=False)
         config = transformers.AutoConfig.from_pretrained(spec.hub_name)
         config.use_cache = False
         with torch.device(device), _default_dtype(dtype):

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from harness import checkpoints, distributed, fits
+from harness.finetune import run_finetune
+from harness.infer import run_generate
 from harness.provenance import cuda_state, host_state
 from harness.ranks import RANK_RESULT
 from harness.results import write_json_atomic
 from harness.schema import JobSpec
-from harness.infer import run_generate
-from harness.finetune import run_finetune
 from harness.train import Diverged, run_training
 from methods import MissingRequirement
 
