@@ -53,6 +53,32 @@ def markdown(lines: pd.DataFrame) -> str:
                       "|" + "---|" * len(header), *body, ""])
 
 
+def console(rows: list[dict]) -> str:
+    """The generate rows of a sweep as the console shows them after it (empty when there are none)."""
+    rows = [r for r in rows if r.get("cache")]
+    if not rows:
+        return ""
+
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    header = ["model", "method", "status", "batch", "KV cache MiB", "peak MiB", "TTFT s", "decode ms", "decode tok/s",
+              "top-1", "KL"]
+    lines = [header] + [[str(r.get("model")), str(r.get("method")), str(r.get("status")), str(r.get("batch_size")),
+                         number(r.get("kv_cache_bytes") and r["kv_cache_bytes"] / 2**20, ",.2f"),
+                         number((r.get("peak_allocated") or r.get("cpu_live_peak") or 0) / 2**20, ",.1f"),
+                         number(r.get("ttft_s"), ".3f"), number(r.get("decode_ms"), ".2f"),
+                         number(r.get("decode_tokens_per_s"), ",.0f"), number(r.get("fidelity_top1"), ".4f"),
+                         number(r.get("fidelity_kl"), ".2e")] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\nscenario=generate\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+                                                for line in lines)
+
+
+def _unit(values: pd.Series) -> tuple[float, str]:
+    return (GIB, " (GiB)") if values.max() >= GIB / 2 else (2**20, " (MiB)")
+
+
 def _fidelity_plot(lines: pd.DataFrame, xs: list[tuple[str, str, bool]], path: Path, title: str) -> list[Path]:
     data = lines[(lines["status"] == "ok") & lines["fidelity_top1"].notna()] if "fidelity_top1" in lines else lines[:0]
     if data.empty or any(c not in data for c, _, _ in xs):
@@ -65,7 +91,7 @@ def _fidelity_plot(lines: pd.DataFrame, xs: list[tuple[str, str, bool]], path: P
     for row, model in zip(axes, models, strict=True):
         sub = data[data["model"] == model].reset_index(drop=True)
         for ax, (column, label, minimize) in zip(row, xs, strict=True):
-            scale = GIB if "bytes" in column or "peak" in column else 1.0
+            scale, unit = _unit(sub[column]) if "bytes" in column or "peak" in column else (1.0, "")
             good = sub["fidelity_verdict"] != "collapsed"
             for i, r in sub.iterrows():
                 style = dict(color=plt.get_cmap("tab10")(i % 10)) if good[i] else dict(facecolors="none",
@@ -76,7 +102,7 @@ def _fidelity_plot(lines: pd.DataFrame, xs: list[tuple[str, str, bool]], path: P
             front = sub[good].iloc[pareto_front(points, minimize)] if points else sub[:0]
             front = front.sort_values(column)
             ax.plot(front[column] / scale, front["fidelity_top1"], color="0.3", lw=0.8, ls="--")
-            ax.set_xlabel(label + (" (GiB)" if scale == GIB else ""))
+            ax.set_xlabel(label + unit)
             ax.set_ylabel("top-1 agreement with the full cache")
             ax.set_title(model, fontsize=9)
         row[-1].legend(fontsize=7, loc="lower right")

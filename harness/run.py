@@ -85,6 +85,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def summary_table(rows: list[dict]) -> str:
+    from harness import generate_report
     from harness.aggregate import settings_label, swept_keys
 
     swept = swept_keys(rows)  # the sweep's other axes get a column: its rows differ by more than model and method
@@ -105,6 +106,7 @@ def summary_table(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
     counts = Counter(r.get("status") for r in rows)
+    text += generate_report.console(rows)  # scenario=generate rows again, with their own columns
     return text + "\nstatus counts: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
 
