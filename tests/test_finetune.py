@@ -83,3 +83,17 @@ def test_finetune_jobs_take_the_finetune_recipe_and_pretrain_jobs_the_models(fol
 def test_finetuning_a_randomly_initialized_model_is_refused():
     with pytest.raises(ConfigError, match="scenario=finetune starts from a pretrained model"):
         plan(["scenario=finetune", "model=llama_tiny", *FAST])
+
+
+def test_sst2_outside_the_local_cache_skips_the_job_with_the_reason(monkeypatch):
+    import datasets
+
+    from methods import MissingRequirement
+
+    def absent(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'glue' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", absent)
+    spec = SimpleNamespace(task="sst2", labels=[" terrible", " great"], train_examples=2, eval_examples=2)
+    with pytest.raises(MissingRequirement, match="sst2 .* is not in the local datasets cache: ConnectionError"):
+        tasks.examples(spec, "eval")
