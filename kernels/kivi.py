@@ -77,13 +77,15 @@ class KIVICache:
         # contiguous: the quantize kernel steps tokens by D (a model's keys arrive as a transposed view)
         self.residual_k = k.half().contiguous() if self.residual_k is None else torch.cat([self.residual_k, k.half()], 2)
         self.residual_v = v.half().contiguous() if self.residual_v is None else torch.cat([self.residual_v, v.half()], 2)
-        while self.residual_k.shape[2] >= self.group:
-            # clone the remainder: a view would keep the whole appended chunk's storage alive
-            gk, self.residual_k = self.residual_k[:, :, : self.group], self.residual_k[:, :, self.group:].clone()
-            gv, self.residual_v = self.residual_v[:, :, : self.group], self.residual_v[:, :, self.group:].clone()
-            self._write(self._quantize(gk, gv))
+        full = self.residual_k.shape[2] // self.group * self.group
+        for start in range(0, full, self.group):  # a long prompt: every full group quantized from one buffer
+            end = start + self.group
+            self._write(self._quantize(self.residual_k[:, :, start:end], self.residual_v[:, :, start:end]))
             self.quantized_tokens += self.group
             self.views = None
+        if full:  # clone the remainder: a view would keep the whole appended chunk's storage alive
+            self.residual_k = self.residual_k[:, :, full:].clone()
+            self.residual_v = self.residual_v[:, :, full:].clone()
 
     def _quantize(self, gk: torch.Tensor, gv: torch.Tensor) -> dict:
         """One group of G tokens (B, H, G, D) of keys and values → codes, scales and zeros (module docstring)."""
