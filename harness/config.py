@@ -386,6 +386,8 @@ def run_id_of(config: dict, repeat: int) -> str:
         if identity.get(section, {}).get(key, neutral) == neutral:
             identity.get(section, {}).pop(key, None)
     identity.pop("launcher", None)
+    if identity.get("scenario", {}).get("kind") != "generate":  # infer.* is read by scenario=generate only
+        identity.pop("infer", None)
     data = identity.get("dataset", {})
     for key in ("path", "eval_path"):
         if data.get("kind") == "text" and data.get(key):
