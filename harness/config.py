@@ -386,6 +386,8 @@ def run_id_of(config: dict, repeat: int) -> str:
         if identity.get(section, {}).get(key, neutral) == neutral:
             identity.get(section, {}).pop(key, None)
     identity.pop("launcher", None)
+    if identity.get("model", {}).get("base") is not None:  # a base job's checkpoint: named by the base's overrides
+        identity["model"].pop("path", None)
     if identity.get("scenario", {}).get("kind") != "generate":  # infer.* is read by scenario=generate only
         identity.pop("infer", None)
     data = identity.get("dataset", {})

@@ -75,3 +75,9 @@ def test_the_base_trains_once_and_a_failed_base_skips_its_dependents(tmp_path):
                for d in dependents)
     resumed = run_cli([*args, failing, "sweep.name=bad"], tmp_path)  # resume keeps all three rows
     assert resumed.returncode == 1 and "3 job(s) already had a row" in resumed.stdout
+
+
+def test_a_dependents_run_id_does_not_depend_on_where_the_results_folder_is(tmp_path):
+    args = ["model=checkpoint", BASE, *FAST]
+    (_, here), (_, there) = plan([*args, f"run.results_dir={tmp_path / 'a'}"]), plan([*args, f"run.results_dir={tmp_path / 'b'}"])
+    assert here.spec.model.path != there.spec.model.path and here.run_id == there.run_id
