@@ -79,5 +79,5 @@ def test_the_base_trains_once_and_a_failed_base_skips_its_dependents(tmp_path):
 
 def test_a_dependents_run_id_does_not_depend_on_where_the_results_folder_is(tmp_path):
     args = ["model=checkpoint", BASE, *FAST]
-    (_, here), (_, there) = plan([*args, f"run.results_dir={tmp_path / 'a'}"]), plan([*args, f"run.results_dir={tmp_path / 'b'}"])
+    (_, here), (_, there) = (plan([*args, f"run.results_dir={tmp_path / folder}"]) for folder in ("a", "b"))
     assert here.spec.model.path != there.spec.model.path and here.run_id == there.run_id
