@@ -69,10 +69,13 @@ def _with_timing(lines: pd.DataFrame, memory: pd.DataFrame) -> tuple[pd.DataFram
 
 
 def _panel(ax, sub: pd.DataFrame, x_col: str, scale: float, minimize_x: bool) -> None:
-    from harness.plots import NOT_LEARNED, _labels, _style, pareto_front
+    from harness.plots import NOT_LEARNED, _style, pareto_front
 
     sub = sub.reset_index(drop=True)
-    labels, learned = _labels(sub), (sub["verdict"] == "learned").tolist()
+    # a panel is one model, dataset and budget: its configs differ by method (and transforms)
+    labels = [r["method"] + (f" +{r['transforms']}" if r["transforms"] not in ("", "-") else "")
+              for _, r in sub.iterrows()]
+    learned = (sub["verdict"] == "learned").tolist()
     xs, ys = (sub[x_col] / scale).tolist(), sub["task_accuracy"].tolist()
     for i, row in sub.iterrows():
         color, marker = _style(i)
@@ -126,7 +129,7 @@ def pareto_accuracy(table: pd.DataFrame, out_dir: Path) -> list[Path]:
                                             "throughput (upper-right is better)")
                      + "\nbars: std over seeds; hollow grey: did not learn (verdict of the target loss)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
+        fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(out_dir / name)
     return written
