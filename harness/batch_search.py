@@ -71,10 +71,9 @@ def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int,
 def _probe(config: dict, batch: int) -> tuple[str, dict]:
     """In a child process: one generate run at `batch` (fidelity off); (status, record)."""
     from harness.infer import measure
+    from harness.probes import NvmlSampler
     from harness.schema import JobSpec
     from harness.worker import _resolve_device, one_line
-
-    from harness.probes import NvmlSampler
 
     spec = JobSpec.from_dict(config)
     device = _resolve_device(spec.run.device)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from transformers import Cache, QuantizedCache
 
-from methods.options import COUNT, Rule, Ranged
+from methods.options import COUNT, Ranged, Rule
 
 PACKAGES = {"quanto": "optimum.quanto", "hqq": "hqq", "fp8": None}
 NBITS = Rule("2, 4 or 8 (quanto: 2 or 4)", lambda v: v in (2, 4, 8))

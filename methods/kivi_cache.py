@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
 from membench_kernels.kivi import KIVICache, kivi_decode_attention
 from methods.kv_cache import sdpa
-from methods.options import COUNT, Rule, Ranged
+from methods.options import COUNT, Ranged, Rule
 
 BITS = Rule("2 or 4", lambda v: v in (2, 4))
 

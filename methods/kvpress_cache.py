@@ -11,7 +11,7 @@ from typing import Literal
 
 from transformers import Cache, DynamicCache
 
-from methods.options import Rule, Ranged
+from methods.options import Ranged, Rule
 
 PRESSES = {"snapkv": "SnapKVPress", "knorm": "KnormPress", "streaming_llm": "StreamingLLMPress",
            "expected_attention": "ExpectedAttentionPress"}
