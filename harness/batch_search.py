@@ -80,7 +80,7 @@ def _probe(config: dict, batch: int) -> tuple[str, dict]:
     record: dict = {}
     nvml = NvmlSampler(device.index or 0, spec.run.nvml_interval_ms / 1000).start() if device.type == "cuda" else None
     try:
-        measure(spec, device, record, batch, fidelity=False)
+        measure(spec, device, record, batch, fidelity=False, nvml=nvml)
         return "ok", record
     except torch.OutOfMemoryError as e:
         return "oom", {**record, "error": one_line(e)}

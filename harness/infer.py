@@ -8,8 +8,9 @@ sequences whose caches are then joined (methods.kv_cache.join_batches), only the
 Decode: infer.decode_len steps; every step is bracketed by a device synchronize, and decode_ms is the median
 (p20, p80) per step over all of them but the first (where kernels compile). A warm-up (a short prompt, two decode
 steps) runs first, out of every figure. Peaks: `torch.cuda` allocator peaks reset at each phase's start (CPU: the
-live-tensor probe's peak), NVML sampled over the job. kv_cache_bytes: the storages behind every tensor the cache
-holds (codes, scales, zeros, residual, scores, spare capacity), counted at the end of the phase.
+live-tensor probe's peak), NVML sampled over the job and per phase (nvml_*_peak_<phase>). kv_cache_bytes: the
+storages behind every tensor the cache holds (codes, scales, zeros, residual, scores, spare capacity), counted at
+the end of the phase.
 
 infer.batch_size=auto runs harness.batch_search instead, which calls `measure` in child processes.
 """
@@ -46,7 +47,7 @@ def run_generate(spec: JobSpec, device: torch.device, record: dict, inject_fault
     cuda = device.type == "cuda"
     nvml = NvmlSampler(device.index or 0, spec.run.nvml_interval_ms / 1000).start() if cuda else None
     try:
-        measure(spec, device, record, spec.infer.batch_size, spec.infer.fidelity, inject_fault)
+        measure(spec, device, record, spec.infer.batch_size, spec.infer.fidelity, inject_fault, nvml)
     finally:
         if nvml is not None:
             record.update(nvml.stop())
@@ -67,8 +68,8 @@ def prompts(tokens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
 class Phases:
     """Per-phase peaks: CUDA allocator peaks (reset at the phase's start) or the live-tensor probe's on CPU."""
 
-    def __init__(self, device: torch.device, record: dict, live: LiveTensorProbe | None):
-        self.device, self.record, self.live = device, record, live
+    def __init__(self, device: torch.device, record: dict, live: LiveTensorProbe | None, nvml: NvmlSampler | None):
+        self.device, self.record, self.live, self.nvml = device, record, live, nvml
 
     def __call__(self, name: str):
         phases = self
@@ -81,6 +82,8 @@ class Phases:
                 if phases.live is not None:
                     phases.live.start_window()
                     phases.live.__enter__()
+                if phases.nvml is not None:
+                    phases.nvml.start_window()
                 self.clock = time.perf_counter()
 
             def __exit__(self, *exc):
@@ -92,6 +95,8 @@ class Phases:
                 if phases.device.type == "cuda":
                     phases.record[f"peak_allocated_{name}"] = torch.cuda.max_memory_allocated(phases.device)
                     phases.record[f"peak_reserved_{name}"] = torch.cuda.max_memory_reserved(phases.device)
+                if phases.nvml is not None:
+                    phases.record.update(phases.nvml.window_peaks(name))
 
         return _Phase()
 
@@ -150,7 +155,7 @@ def load(spec: JobSpec, device: torch.device, record: dict):
 
 @torch.no_grad()
 def measure(spec: JobSpec, device: torch.device, record: dict, batch: int, fidelity: bool,
-            inject_fault=lambda stage, model: None) -> None:
+            inject_fault=lambda stage, model: None, nvml: NvmlSampler | None = None) -> None:
     """One generate run at `batch` prompts: fills `record` (module docstring)."""
     infer, cuda = spec.infer, device.type == "cuda"
     total = infer.prompt_len + infer.decode_len
@@ -186,7 +191,7 @@ def measure(spec: JobSpec, device: torch.device, record: dict, batch: int, fidel
     live = LiveTensorProbe() if not cuda and spec.run.live_tensor_probe else None
     if live is not None:
         live.register(model_tensors(model) + [ids])
-    phase = Phases(device, record, live)
+    phase = Phases(device, record, live, nvml)
     with phase("prefill"):
         cache, first = prefill(model, build_cache, ids, infer.prefill_batch)
     record.update(kv_cache_bytes_prefill=kv_bytes(cache), ttft_s=record["prefill_s"],

@@ -148,15 +148,29 @@ class NvmlSampler:
         self.process_peak: int | None = None
         self.device_peak = 0
         self.samples = 0
+        self.window: dict = {}  # peaks since start_window() (a phase's, read with window_peaks())
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         nvml, pid = self._nvml, os.getpid()
-        self.device_peak = max(self.device_peak, int(nvml.nvmlDeviceGetMemoryInfo(self._handle).used))
+        used = int(nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+        self.device_peak = max(self.device_peak, used)
+        self.window["device"] = max(self.window.get("device", 0), used)
         for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
             if proc.pid == pid and proc.usedGpuMemory is not None:
                 self.process_peak = max(self.process_peak or 0, int(proc.usedGpuMemory))
+                self.window["process"] = max(self.window.get("process", 0), int(proc.usedGpuMemory))
         self.samples += 1
+
+    def start_window(self) -> None:
+        self.window = {}
+
+    def window_peaks(self, name: str) -> dict:
+        """nvml_process_peak_<name> and nvml_device_peak_<name>: the peaks sampled since start_window(), one sample
+        taken now (a phase shorter than the interval still gets one)."""
+        self._sample()
+        return {f"nvml_process_peak_{name}": self.window.get("process"),
+                f"nvml_device_peak_{name}": self.window.get("device")}
 
     def _loop(self) -> None:
         while not self._stop.is_set():
