@@ -65,29 +65,28 @@ class FinetuneHooks(Hooks):
         self.source_tokens = self.encoder = self.source_eval = None
 
     def tokens(self, spec, cache):
-        source, vocab = source_of(spec), spec.model.vocab_size
-        if source is None:
-            train, held_out, info = data_lib.load_tokens(spec.dataset, vocab, cache)
-            return train, held_out, {**info, "source_dataset": None}
+        source, vocab, info = source_of(spec), spec.model.vocab_size, {"source_dataset": None}
         if isinstance(source, SyntheticSpec):
             self.source_tokens = data_lib.load_tokens(source, vocab, cache)[1]
-        else:
+            info = {"source_dataset": source.name}
+        elif source is not None:
             source_train, source_held_out = data_lib.TEXT_SPLITS[type(source)](source)
             self.encoder = tokenizer_lib.make_encoder(source.tokenizer, source_train, vocab, source.tokenizer_name,
                                                       cache)
             self.source_tokens = torch.from_numpy(
                 tokenizer_lib.encode(self.encoder, source_held_out, cache).astype(np.int64))
-        train, held_out, info = data_lib.load_tokens(spec.dataset, vocab, cache, encoder=self.encoder)
-        return train, held_out, {**info, "source_dataset": source.name, "tokenizer_from": f"source {source.name}"}
+            info = {"source_dataset": source.name, "tokenizer_from": f"source {source.name}"}
+        train, held_out, data_info = data_lib.load_tokens(spec.dataset, vocab, cache, encoder=self.encoder)
+        if isinstance(spec.dataset, TaskSpec) and self.encoder is None:  # no source: the task's own tokenizer
+            self.encoder = tokenizer_lib.make_encoder(spec.dataset.tokenizer, tasks.splits(spec.dataset)[0], vocab,
+                                                      spec.dataset.tokenizer_name, cache)
+        return train, held_out, {**data_info, **info}
 
     def _accuracy(self, model) -> float | None:
         if not isinstance(self.spec.dataset, TaskSpec):
             return None
-        encode = self.encoder.encode if self.encoder else tokenizer_lib.make_encoder(
-            self.spec.dataset.tokenizer, tasks.splits(self.spec.dataset)[0], self.spec.model.vocab_size,
-            self.spec.dataset.tokenizer_name, None).encode
-        return tasks.accuracy(model, encode, self.spec.dataset, tasks.examples(self.spec.dataset, "eval"),
-                              self.device)
+        return tasks.accuracy(model, self.encoder.encode, self.spec.dataset,
+                              tasks.examples(self.spec.dataset, "eval"), self.device)
 
     def start(self, model, record: dict) -> None:
         if self.source_tokens is not None:
