@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import transformers
 from transformers import Cache, QuantizedCache
 
 from methods.options import COUNT, Ranged, Rule
@@ -35,6 +36,12 @@ def build(model, options: Options, max_tokens: int) -> Cache:
         cache = QuantizedCache(options.backend, model.config, nbits=options.nbits, q_group_size=options.q_group_size,
                                residual_length=options.residual_length)
     else:
-        cache = QuantizedCache(options.backend, model.config)
+        try:
+            cache = QuantizedCache(options.backend, model.config)
+        except ValueError as e:  # an older transformers (5.17 has quanto and hqq only)
+            from methods import MissingRequirement
+
+            raise MissingRequirement(f"QuantizedCache(backend={options.backend}): {e} (transformers "
+                                     f"{transformers.__version__})") from None
     cache.joinable = False  # quantized state per tensor (fp8's one scale) or in the backend's objects
     return cache
