@@ -51,6 +51,11 @@ class ClusterTask(submitit.helpers.Checkpointable):
     def __call__(self, job, provenance: dict) -> dict:
         try:
             row = run_job(job, provenance)
+        except submitit.core.utils.UncompletedJobError as e:  # the time limit's signal after the last requeue
+            launcher = job.spec.launcher
+            row = {**base_row(job, provenance), "status": "timeout", "launcher": f"submitit:{launcher.cluster}",
+                   "error": f"launcher.timeout_min={launcher.timeout_min} reached after launcher.max_num_timeout="
+                            f"{launcher.max_num_timeout} requeues ({e})"[:400]}
         finally:
             stop_servers()
         write_json_atomic(job.job_dir / "row.json", row)
@@ -62,8 +67,8 @@ def executor(jobs, sweep_dir: Path):
     spec = jobs[0].spec.launcher
     folder = Path(spec.submitit_folder) if spec.submitit_folder else sweep_dir / ".submitit"
     try:
-        ex = submitit.AutoExecutor(folder=folder / "%j", cluster=spec.cluster,
-                                   slurm_max_num_timeout=spec.max_num_timeout)
+        requeues = {f"{spec.cluster}_max_num_timeout": spec.max_num_timeout} if spec.cluster != "debug" else {}
+        ex = submitit.AutoExecutor(folder=folder / "%j", cluster=spec.cluster, **requeues)
     except RuntimeError as e:  # no srun / sbatch here
         raise SweepRefused(f"launcher.cluster={spec.cluster}: {e} (launcher.cluster=local runs the same path on "
                            "this machine)") from None

@@ -92,6 +92,11 @@ def _with_project_path(env: dict) -> dict:
     return {**env, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
+class ForkServerFailed(RuntimeError):
+    """The fork server did not start (only this: a RuntimeError raised into the wait, e.g. by a cluster's signal
+    handler, is not a reason to fall back to spawn)."""
+
+
 class Zygote:
     """The launcher's side of the fork server (harness/zygote.py): one per sweep, started on first use."""
 
@@ -108,7 +113,7 @@ class Zygote:
             ready = None
         if ready != {"ready": True}:
             self.close()
-            raise RuntimeError(f"the fork server did not start; see {log_path}")
+            raise ForkServerFailed(f"the fork server did not start; see {log_path}")
 
     def _read(self, timeout_s: float | None) -> dict | None:
         """The next message, None when timeout_s passes first; EOFError when the server is gone."""
@@ -271,7 +276,7 @@ def run_job(job: Job, provenance: dict, skip: str | None = None) -> dict:
     try:
         try:
             returncode = (_wait_forked if launcher == "fork" else _wait_spawned)(job, log_path, env)
-        except RuntimeError as e:  # the fork server did not start: this and the sweep's other jobs are spawned
+        except ForkServerFailed as e:  # this and the sweep's other jobs are spawned
             _ZYGOTES["failed"] = str(e)
             print(f"warning: run.launcher=fork: {e}; spawning a fresh interpreter per job instead", file=sys.stderr)
             launcher = "spawn"

@@ -95,7 +95,7 @@ def test_a_fork_server_that_cannot_start_falls_back_to_spawned_jobs(tmp_path, mo
     from harness.run import run_sweep
 
     def broken(self, log_path, ready_timeout_s=600.0):
-        raise RuntimeError(f"the fork server did not start; see {log_path}")
+        raise launch.ForkServerFailed(f"the fork server did not start; see {log_path}")
 
     monkeypatch.setattr(launch.Zygote, "__init__", broken)
     rows = run_sweep(plan(["-m", *FAST, f"run.results_dir={tmp_path}", "train.seed=1,2"]), progress=False)
