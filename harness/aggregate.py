@@ -21,6 +21,7 @@ import pandas as pd
 from harness import PROJECT_ROOT, finetune_report
 from harness.config import OPERATIONAL_KEYS
 from harness.results import COLUMNS, read_rows
+from harness.estimate_check import row_errors
 from harness.verdict import NOISE_SIGMAS, improvement, sweep_verdicts
 
 GROUP_KEYS = ["model", "dataset", "tokenizer", "method", "scenario", "gpu", "device", "dtype", "batch_size", "seq_len"]
@@ -369,6 +370,10 @@ def write_report(rows_path: Path, out_dir: Path) -> list[Path]:
     to_csv_table(table).to_csv(written[0], index=False)
     generate = generate_report.table(frame)  # scenario=generate: its own table, fidelity verdicts and plots
     written[1].write_text(to_markdown(table) + generate_report.markdown(generate))
+    estimates = row_errors(read_rows(rows_path, warn=False))  # each row's estimate_peak against its peak
+    if estimates:
+        written.append(out_dir / "estimate.md")
+        written[-1].write_text(estimates)
     quality, memory = _split(table)
     written += pareto(quality, out_dir) + finetune_report.pareto_accuracy(table, out_dir)
     written += memory_breakdown(memory, out_dir) + throughput_bars(memory, out_dir)

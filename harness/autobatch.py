@@ -66,6 +66,9 @@ def _trial(config: dict, batch: int) -> tuple[str, dict]:
     from harness.train import run_training
     from harness.worker import _resolve_device, one_line
 
+    from harness.estimate import IN_JOBS
+
+    IN_JOBS["on"] = False  # the search has its estimate; a trial only runs
     spec = JobSpec.from_dict(config)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=batch))
     record: dict = {}

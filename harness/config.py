@@ -319,6 +319,9 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
     if on_cpu and spec.gpu.name not in ("auto", "cpu"):
         raise ConfigError(f"gpu={spec.gpu.name} gives a GPU's figures but the job runs on the CPU "
                           f"(run.device={spec.run.device}); use gpu=auto or gpu=cpu there")
+    if on_cpu and train.batch_size == "auto" and train.memory_budget_gib is None:
+        raise ConfigError("train.batch_size=auto on the CPU needs train.memory_budget_gib (GiB of live tensors "
+                          "allowed): no OOM bounds the search there")
     if not on_cpu and spec.gpu.name == "cpu":
         raise ConfigError(f"gpu=cpu but the job runs on a GPU (run.device={spec.run.device}); use gpu=auto or the "
                           f"GPU's name ({', '.join(g for g in group_options('gpu') if g not in ('auto', 'cpu'))})")

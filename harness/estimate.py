@@ -20,9 +20,9 @@ from harness.memtrace import PARTS, PHASES, trace_job
 
 GIB, MIB = 2**30, 2**20
 # The CUDA context and the libraries' modules loaded on the device, as NVML counts them for the process beyond the
-# caching allocator's reserved bytes: median of nvml_process_peak - peak_reserved over the committed H100/H200
-# rows of methods_gpu (results/estimate_check.md recomputes it; range 0.52-0.58 GiB).
-CUDA_CONTEXT = 562 * MIB
+# caching allocator's reserved bytes: median of nvml_process_peak - peak_reserved over the 199 committed H100/H200
+# rows of harness.estimate_check (results/estimate_check.md recomputes it): 758 MiB, range 686-858 MiB.
+CUDA_CONTEXT = 758 * MIB
 HEADROOM = 0.10  # the share of a GPU's memory the "fits" checks leave free (fragmentation, other processes)
 
 
@@ -44,9 +44,11 @@ class Estimate:
                 "estimate_phases": {k: v["peak"] for k, v in self.phases.items()}}
 
 
-def estimate(spec, batch_size: int | None = None) -> Estimate:
-    """The estimate of job `spec` (harness.schema.JobSpec) at `batch_size` (default: the job's)."""
-    trace = trace_job(spec, batch_size)
+def estimate(spec, batch_size: int | None = None, device: str = "cuda") -> Estimate:
+    """The estimate of job `spec` (harness.schema.JobSpec) at `batch_size` (default: the job's) on `device`."""
+    if batch_size is None and spec.train.batch_size == "auto":
+        batch_size = 1  # train.batch_size=auto: the estimate of one sequence (fit_table gives the largest batch)
+    trace = trace_job(spec, batch_size, device=device)
     phases = {name: {"peak": p.peak, "parts": p.parts} for name, p in trace.phases.items()}
     peak = max(p["peak"] for p in phases.values())
     return Estimate(phases=phases, peak=peak, reserved=trace.reserved_peak, nvml=trace.reserved_peak + CUDA_CONTEXT,
@@ -55,11 +57,16 @@ def estimate(spec, batch_size: int | None = None) -> Estimate:
                     batch_size=batch_size or spec.train.batch_size)
 
 
-def job_estimate(spec) -> dict:
-    """The row's estimate fields for job `spec` (estimate_peak, ...); a job this cannot trace gets estimate_error
-    instead, and runs as it would have."""
+IN_JOBS = {"on": True}  # harness.autobatch's trials switch it off: a trial's row is never written
+
+
+def job_estimate(spec, device: str = "cuda") -> dict:
+    """The row's estimate fields for job `spec` on `device` (estimate_peak, ...); a job this cannot trace gets
+    estimate_error instead, and runs as it would have."""
+    if not IN_JOBS["on"]:
+        return {}
     try:
-        return estimate(spec).row_fields()
+        return estimate(spec, device=device).row_fields()
     except Exception as e:  # the estimate must never cost a measurement: its failure is a field of the row
         return {"estimate_peak": None, "estimate_error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
 
@@ -72,13 +79,16 @@ def fits(est: Estimate, memory_bytes: int, headroom: float = HEADROOM) -> bool:
 def largest_batch(spec, memory_bytes: int, headroom: float = HEADROOM, probes: tuple[int, int] = (1, 8)) -> int:
     """The largest batch whose NVML figure fits, from the reserved peak at two batch sizes (affine in the batch);
     0 where even batch 1 does not fit."""
+    return batch_within(*(estimate(spec, b).nvml for b in probes), memory_bytes * (1 - headroom), probes)
+
+
+def batch_within(n1: int, n2: int, budget: float, probes: tuple[int, int] = (1, 8)) -> int:
+    """The largest batch b with n1 + (b - b1) * slope <= budget, the slope from the figures n1, n2 at batches
+    probes = (b1, b2); 0 where n1 is over the budget."""
     (b1, b2) = probes
-    r1, r2 = (estimate(spec, b).nvml for b in probes)
-    budget = memory_bytes * (1 - headroom)
-    if r1 > budget:
+    if n1 > budget:
         return 0
-    slope = max(1.0, (r2 - r1) / (b2 - b1))
-    return b1 + int((budget - r1) // slope)
+    return b1 + int((budget - n1) // max(1.0, (n2 - n1) / (b2 - b1)))
 
 
 @contextmanager
@@ -142,10 +152,9 @@ def fit_table(jobs, headroom: float = HEADROOM) -> str:
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     for job in jobs:
         est = estimate(job.spec)
-        cells = []
-        for memory in devices.values():
-            best = largest_batch(job.spec, memory, headroom)
-            cells.append(f"{'yes' if fits(est, memory, headroom) else 'no'}, max batch {best}")
+        n1, n8 = (estimate(job.spec, b).nvml for b in (1, 8))
+        cells = [f"{'yes' if fits(est, memory, headroom) else 'no'}, max batch "
+                 f"{batch_within(n1, n8, memory * (1 - headroom))}" for memory in devices.values()]
         label = " ".join(o for o in job.overrides if o not in shared) or job.spec.method.name
         lines.append([label, str(est.batch_size), _gib(est.peak), _gib(est.nvml), *cells])
     return _grid(lines) + (f"\nfits: predicted NVML figure (reserved + {CUDA_CONTEXT / GIB:.2f} GiB CUDA context) "

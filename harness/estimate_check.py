@@ -35,11 +35,11 @@ def committed_rows(root: Path = PROJECT_ROOT / "results") -> list[tuple[str, dic
 
 
 def _config_key(config: dict) -> str:
-    config = json.loads(json.dumps(config))
-    for section, key in (("run", k) for k in ("force", "results_dir", "timeout_s", "repeats", "retry_failed")):
-        config.get(section, {}).pop(key, None)
-    config.pop("sweep", None)
-    return json.dumps(config, sort_keys=True)
+    """What the estimate depends on: the model, the method and the batch's shape and dtype (not the steps, the data,
+    the seed or the GPU: the trace runs two steps of fake tensors)."""
+    train = config.get("train", {})
+    return json.dumps([config.get("model"), config.get("method"),
+                       [train.get(k) for k in ("batch_size", "seq_len", "dtype")]], sort_keys=True)
 
 
 def spec_of(row: dict):
@@ -69,30 +69,48 @@ def _defaults() -> dict:
     return _DEFAULTS
 
 
-def check(rows: list[tuple[str, dict]], progress=None) -> list[dict]:
-    """One line per row: where, model, method, batch, measured, estimated, error (estimate / measured - 1)."""
+def estimates(rows: list[tuple[str, dict]], cache: Path | None = None, shard: tuple[int, int] = (0, 1),
+              progress=None) -> dict[str, dict]:
+    """config key -> {"peak", "phase"} or {"error"} for the rows' distinct configs (those of `shard` = (k, n): every
+    n-th from the k-th, so n processes can share the work), kept in `cache` (JSON lines) when given, and read back
+    from it: a key already there is not estimated again."""
     from harness.estimate import estimate
 
-    cache: dict[str, object] = {}
+    done: dict[str, dict] = {}
+    if cache and cache.exists():
+        done = {entry["key"]: entry for entry in map(json.loads, cache.read_text().splitlines())}
+    first = {}
+    for _, row in rows:
+        first.setdefault(_config_key(row["config"]), row)
+    todo = [key for i, key in enumerate(sorted(first)) if i % shard[1] == shard[0] and key not in done]
+    for i, key in enumerate(todo):
+        try:
+            est = estimate(spec_of(first[key]))
+            entry = {"key": key, "peak": est.peak, "phase": max(est.phases, key=lambda p: est.phases[p]["peak"])}
+        except Exception as e:  # reported in the row's line: a config this code cannot rebuild or trace
+            entry = {"key": key, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+        done[key] = entry
+        if cache:
+            with open(cache, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        if progress:
+            progress(i + 1, len(todo), first[key], entry)
+    return done
+
+
+def check(rows: list[tuple[str, dict]], done: dict[str, dict]) -> list[dict]:
+    """One line per row: where, model, method, batch, measured, estimated, error (estimate / measured - 1)."""
     lines = []
-    for i, (where, row) in enumerate(rows):
-        key = _config_key(row["config"])
-        if key not in cache:
-            try:
-                cache[key] = estimate(spec_of(row))
-            except Exception as e:  # reported in its line: a config this code cannot rebuild or trace
-                cache[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-        est = cache[key]
+    for where, row in rows:
+        entry = done.get(_config_key(row["config"]), {"error": "not estimated"})
         line = {"rows": where, "model": row["model"], "method": row["method"], "batch": row["batch_size"],
                 "git_sha": (row.get("git_sha") or "")[:7], "measured": row["peak_allocated"]}
-        if isinstance(est, str):
-            line.update(estimate=None, error=None, note=est)
+        if "error" in entry:
+            line.update(estimate=None, error=None, note=entry["error"])
         else:
-            line.update(estimate=est.peak, error=est.peak / row["peak_allocated"] - 1, note="",
-                        phase=max(est.phases, key=lambda p: est.phases[p]["peak"]))
+            line.update(estimate=entry["peak"], error=entry["peak"] / row["peak_allocated"] - 1, note="",
+                        phase=entry["phase"])
         lines.append(line)
-        if progress:
-            progress(i + 1, len(rows), line)
     return lines
 
 
@@ -137,17 +155,50 @@ def markdown(lines: list[dict], context: list[int]) -> str:
     return "\n".join(out) + "\n"
 
 
+def row_errors(rows: list[dict]) -> str:
+    """A report's estimate section (harness.aggregate): per row that carries estimate_peak, the estimate beside the
+    measured peak (CUDA rows: estimate_peak vs peak_allocated; CPU rows: estimate_live_peak vs cpu_live_peak, the
+    live-tensor figures, though a CPU job runs other kernels than the GPU job the trace follows), and the worst."""
+    lines = []
+    for r in rows:
+        cuda = r.get("peak_allocated") is not None
+        measured, est = ((r.get("peak_allocated"), r.get("estimate_peak")) if cuda
+                         else (r.get("cpu_live_peak"), r.get("estimate_live_peak")))
+        if r.get("estimate_peak") is None and not r.get("estimate_error"):
+            continue
+        error = est / measured - 1 if measured and est else None
+        lines.append((r, "cuda allocated" if cuda else "live tensors (CPU)", measured, est, error))
+    if not lines:
+        return ""
+    out = ["| model | method | batch | status | probe | measured (MiB) | estimate (MiB) | error |", "|---|---|---|---|---|---|---|---|"]
+    for r, probe, measured, est, error in lines:
+        out.append(f"| {r.get('model')} | {r.get('method')} | {r.get('batch_size')} | {r.get('status')} | {probe} | "
+                   + (f"{measured / 2**20:,.1f}" if measured else "-") + " | "
+                   + (f"{est / 2**20:,.1f}" if est else r.get("estimate_error") or "-") + " | "
+                   + (f"{100 * error:+.2f} %" if error is not None else "-") + " |")
+    errors = [x for x in lines if x[4] is not None]
+    if errors:
+        r, probe, _, _, error = max(errors, key=lambda x: abs(x[4]))
+        out.append(f"\nworst: {r.get('model')} {r.get('method')} batch {r.get('batch_size')} ({probe}): "
+                   f"{100 * error:+.2f} %; median |error| {100 * statistics.median(abs(x[4]) for x in errors):.2f} %")
+    return "Memory estimate (harness/estimate.py, made before the job ran) against the measured peak.\n\n" + "\n".join(
+        out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "estimate_check.md")
+    parser.add_argument("--cache", type=Path, help="JSON lines of estimates already made (read, then appended to)")
+    parser.add_argument("--shard", default="0/1", help="k/n: estimate every n-th distinct config from the k-th")
     args = parser.parse_args(argv)
     rows = committed_rows()
 
-    def progress(done, total, line):
-        err = f"{100 * line['error']:+.3f} %" if line["error"] is not None else line["note"]
-        print(f"[{done}/{total}] {line['rows']} {line['model']} {line['method']}: {err}", file=sys.stderr)
+    def progress(done, total, row, entry):
+        result = entry.get("error") or f"{100 * (entry['peak'] / row['peak_allocated'] - 1):+.3f} %"
+        print(f"[{done}/{total}] {row['model']} {row['method']} batch {row['batch_size']}: {result}", file=sys.stderr)
 
-    lines = check(rows, progress)
+    k, n = (int(x) for x in args.shard.split("/"))
+    lines = check(rows, estimates(rows, args.cache, (k, n), progress))
     args.out.write_text(markdown(lines, context_bytes(rows)))
     s = summary(lines)
     print(f"{args.out}: {s['estimated']}/{s['rows']} rows estimated, {s['within_row_limit']} within "
