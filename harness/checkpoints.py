@@ -26,7 +26,7 @@ from harness.schema import ConfigError
 
 CHECKPOINT_DIR = "checkpoint"
 # what a base job takes from the job that depends on it, unless its own overrides set it
-INHERITED = ("sweep.name", "run.results_dir", "run.device", "run.timeout_s")
+INHERITED = ("sweep.name", "run.results_dir", "run.device", "run.timeout_s", "run.retry_failed", "run.force")
 LLAMA_SHAPE = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
                "max_position_embeddings")
 

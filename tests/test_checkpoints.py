@@ -5,6 +5,7 @@ import torch
 
 from harness import checkpoints
 from harness.config import plan
+from harness.launch import run_job
 from harness.loading import from_checkpoint
 from harness.models import build_model
 from harness.schema import ConfigError, LlamaSpec
@@ -53,7 +54,7 @@ def test_saving_a_model_whose_layers_a_transform_replaced_is_refused():
         plan(["method=lora", "train.save_checkpoint=true", *FAST])
 
 
-def test_the_base_trains_once_and_a_failed_base_skips_its_dependents(tmp_path):
+def test_the_base_trains_once_and_its_dependent_loads_its_checkpoint(tmp_path):
     args = ["-m", "model=checkpoint", "method=sgd", *FAST]
     ok = run_cli([*args, BASE], tmp_path)
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -64,17 +65,36 @@ def test_the_base_trains_once_and_a_failed_base_skips_its_dependents(tmp_path):
     again = run_cli([*args, BASE], tmp_path)  # resume: the base is not trained again, nor its dependent
     assert again.returncode == 0 and "2 job(s) already had a row" in again.stdout
 
-    args = ["-m", "model=checkpoint", "method=adamw,sgd", *FAST]
 
-    failing = BASE.replace("]", ",'run.inject_fault=raise']")
-    bad = run_cli([*args, failing, "sweep.name=bad"], tmp_path)
-    assert bad.returncode == 1
-    base, *dependents = rows_of(tmp_path, "bad")
-    assert base["status"] == "error" and [d["status"] for d in dependents] == ["skipped", "skipped"]
-    assert all(f"base job {base['run_id']} ended error: RuntimeError: injected fault" in d["error"]
-               for d in dependents)
-    resumed = run_cli([*args, failing, "sweep.name=bad"], tmp_path)  # resume keeps all three rows
-    assert resumed.returncode == 1 and "3 job(s) already had a row" in resumed.stdout
+def test_a_failed_base_skips_its_dependents_and_resume_keeps_or_retries_them(tmp_path, monkeypatch):
+    """The sweep's order and bookkeeping, with the job processes replaced by rows (the base fails, or succeeds and
+    writes its checkpoint): no process is started, so the chain is checked in a second."""
+    import harness.run as run
+
+    started = []
+
+    def launch(job, provenance, fail):
+        started.append(job.run_id)
+        row = run_job(job, provenance, skip="stand-in")  # a row with every column, from the real launcher
+        if job.spec.train.save_checkpoint and not fail:
+            checkpoints.save(build_model(TINY, torch.float32, torch.device("cpu")), checkpoints.folder_of(job.job_dir))
+        return {**row, "status": "error" if fail else "ok", "error": "RuntimeError: injected fault" if fail else None}
+
+    jobs = plan(["-m", "model=checkpoint", BASE, "method=adamw,sgd", *FAST, f"run.results_dir={tmp_path}"])
+    base = jobs[0]
+    monkeypatch.setattr(run, "_launch", lambda job, provenance: launch(job, provenance, fail=True))
+    rows = run.run_sweep(jobs, progress=False)
+    assert started == [base.run_id] and [r["status"] for r in rows] == ["error", "skipped", "skipped"]
+    assert all(r["error"] == f"base job {base.run_id} ended error: RuntimeError: injected fault" for r in rows[1:])
+    started.clear()
+    assert [r["status"] for r in run.run_sweep(jobs, progress=False)] == ["error", "skipped", "skipped"]
+    assert started == []  # resume keeps all three rows
+
+    retry = plan(["-m", "model=checkpoint", BASE, "method=adamw,sgd", *FAST, f"run.results_dir={tmp_path}",
+                  "run.retry_failed=true"])
+    monkeypatch.setattr(run, "_launch", lambda job, provenance: launch(job, provenance, fail=False))
+    rows = run.run_sweep(retry, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"] and started[0] == retry[0].run_id  # the base first
 
 
 def test_a_dependents_run_id_does_not_depend_on_where_the_results_folder_is(tmp_path):
