@@ -16,20 +16,20 @@ BLOCK = 256
 
 
 @cache
-def _dynamic_map_cpu(signed: bool) -> torch.Tensor:
+def _dynamic_map_values(signed: bool) -> tuple[float, ...]:
+    # numbers, not a tensor: a tensor first made under a FakeTensorMode (a memory estimate) would be cached fake
     values = [0.0, 1.0]
     for i in range(7):
         count = 2**i if signed else 2 ** (i + 1)
         edges = torch.linspace(0.1, 1.0, count + 1, dtype=torch.float64)
         means = ((edges[:-1] + edges[1:]) / 2 * 10.0 ** (i - 6)).tolist()
         values += means + ([-v for v in means] if signed else [])
-    table = torch.tensor(sorted(values), dtype=torch.float32)
-    assert table.numel() == 256
-    return table
+    assert len(values) == 256
+    return tuple(sorted(values))
 
 
 def dynamic_map(signed: bool, device: torch.device | str = "cpu") -> torch.Tensor:
-    return _dynamic_map_cpu(signed).to(device)
+    return torch.tensor(_dynamic_map_values(signed), dtype=torch.float32, device=device)
 
 
 def midpoints(code_book: torch.Tensor) -> torch.Tensor:
