@@ -145,13 +145,14 @@ def gpus() -> dict[str, int]:
     return out
 
 
-def fit_table(jobs, headroom: float = HEADROOM) -> str:
-    """Per job: peak, NVML figure, fits each GPU (yes/no) and the largest batch that fits it."""
+def fit_table(jobs, headroom: float = HEADROOM, made: dict | None = None) -> str:
+    """Per job: peak, NVML figure, fits each GPU (yes/no) and the largest batch that fits it; `made`: job run_id ->
+    its estimate, where already made."""
     devices = gpus()
     lines = [["job", "batch", "peak GiB", "nvml GiB", *(f"{g} ({m / GIB:.0f} GiB)" for g, m in devices.items())]]
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     for job in jobs:
-        est = estimate(job.spec)
+        est = (made or {}).get(job.run_id) or estimate(job.spec)
         n1, n8 = (estimate(job.spec, b).nvml for b in (1, 8))
         cells = [f"{'yes' if fits(est, memory, headroom) else 'no'}, max batch "
                  f"{batch_within(n1, n8, memory * (1 - headroom))}" for memory in devices.values()]
@@ -174,14 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    made = {}
     for job in jobs:
-        est = estimate(job.spec)
+        est = made[job.run_id] = estimate(job.spec)
         print(f"# {' '.join(job.overrides) or 'defaults'}: batch {est.batch_size}, seq_len {job.spec.train.seq_len}")
         print(phase_table(est))
         print(f"estimate_peak {est.peak:,} B ({_gib(est.peak)} GiB, torch.cuda.max_memory_allocated); reserved "
               f"{_gib(est.reserved)} GiB; NVML {_gib(est.nvml)} GiB; live tensors {_gib(est.live_peak)} GiB\n")
     if len(jobs) > 1:
-        print(fit_table(jobs))
+        print(fit_table(jobs, made=made))
     return 0
 
 

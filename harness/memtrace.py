@@ -256,3 +256,31 @@ def _parts_at(log, index: int, classes: dict) -> dict:
         parts[classes[serial]] += nbytes
     parts["allocator"] = sum(blocks.values()) - sum(tensors.values())
     return parts
+
+
+def trace_prefill(spec, batch: int, prompt_len: int, device: str = "cuda") -> dict:
+    """A generate job's prefill traced as trace_job traces training (scenario=generate, harness/infer.py): the model
+    in eval mode, the method's KV cache, `batch` prompts of `prompt_len` tokens in one forward. Returns the cache's
+    bytes (the storages of every tensor it holds, as harness.infer.kv_bytes counts them), the allocated peak of the
+    prefill (caching-allocator model) and its live-tensor peak."""
+    from harness.infer import prefill
+    from harness.models import build_model
+    from harness.parts import apply_transforms, cache_part
+    from harness.probes import object_tensors
+    from harness.train import DTYPES
+
+    cpu, target = torch.device("cpu"), torch.device(device)
+    dtype = DTYPES.get(spec.train.dtype, torch.bfloat16 if target.type == "cuda" else torch.float32)
+    allocator = CachingAllocator()
+    probe = _TraceProbe(allocator, workspaces=target.type == "cuda")
+    module, options = cache_part(spec.method)
+    attention = _cuda_attention() if target.type == "cuda" else nullcontext()
+    with FakeTensorMode(allow_non_fake_inputs=True), attention, probe, torch.no_grad():
+        model = apply_transforms(spec.method, build_model(spec.model, dtype, cpu), cpu)
+        model.eval()
+        allocator.reset_peak()
+        probe.start_window()
+        ids = torch.zeros(batch, prompt_len, dtype=torch.long)
+        cache, _ = prefill(model, lambda: module.build(model, options, prompt_len + 1), ids, None)
+        cache_bytes = sum(probe._live.get(k, 0) for k in keys_of(object_tensors(cache)))
+        return {"kv_cache_bytes": cache_bytes, "peak_prefill": allocator.peak, "live_peak_prefill": probe.window_peak}

@@ -140,3 +140,18 @@ def test_estimate_is_within_a_percent_of_committed_gpu_rows(method):
     from harness.estimate_check import spec_of
 
     assert abs(estimate(spec_of(row)).peak / row["peak_allocated"] - 1) <= 0.01
+
+
+def kv_cache_bytes(spec, batch: int, tokens: int, bytes_per: int = 2) -> int:
+    """A full KV cache: keys and values (2) of every layer, batch x KV heads x tokens x head size, in the model's
+    dtype (LLaMA here: as many KV heads as attention heads)."""
+    m = spec.model
+    return 2 * m.num_hidden_layers * batch * m.num_attention_heads * tokens * (m.hidden_size // m.num_attention_heads) \
+        * bytes_per
+
+
+def test_traced_prefill_cache_is_the_closed_form():
+    from harness.memtrace import trace_prefill
+
+    spec = plan_for_gpu(["scenario=generate", "method=kv_full", "model=llama_tiny", "train.dtype=bf16"])[0].spec
+    assert trace_prefill(spec, batch=3, prompt_len=40)["kv_cache_bytes"] == kv_cache_bytes(spec, 3, 40)
