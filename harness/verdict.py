@@ -27,7 +27,8 @@ FLAT = 0.01
 OVERFIT_GIVEBACK = 0.05
 # train losses averaged at each end of the span compared for "train keeps falling" (per-step losses are noisy)
 TRAIN_WINDOW = 5
-# not_learning: improvement within NOISE_SIGMAS x the std (over seeds) of the baseline's final eval loss of zero
+# not_learning: improvement within NOISE_SIGMAS x the std (over seeds) of the baseline's final eval loss of zero;
+# a memory run's train loss moved by less than NOISE_SIGMAS standard errors of its batch-to-batch noise
 NOISE_SIGMAS = 2.0
 
 
@@ -89,24 +90,39 @@ def job_verdict(initial_eval_loss, eval_curve: Sequence, train_curve: Sequence, 
     return "learned", f"eval loss fell from {initial_eval_loss:.4g} to {final_eval_loss:.4g}"
 
 
+def _step_noise(losses: Sequence[float]) -> float | None:
+    """Batch-to-batch noise (a std, nats/token) of a training curve: the sample variance of successive differences,
+    halved (a steady trend only shifts their mean, so it does not count as noise). None with fewer than 3 points."""
+    if len(losses) < 3:
+        return None
+    return math.sqrt(statistics.variance(b - a for a, b in zip(losses, losses[1:])) / 2)
+
+
 def training_verdict(train_curve: Sequence) -> tuple[str, str]:
     """(verdict, reason) of a memory run (quality.measure false) from its training curve alone: a health check of the
-    run that measured the memory, not a quality number. diverged: a loss not finite, or the mean of the last
-    TRAIN_WINDOW train losses above the mean of the first TRAIN_WINDOW by more than FLAT; not_learning: below it by
-    less than FLAT; else learned. Windows shrink to half the curve on short runs."""
+    run that measured the memory, not a quality number. The mean of the first TRAIN_WINDOW logged train losses is
+    compared with the mean of the last TRAIN_WINDOW (windows shrink to half the curve on short runs); a move counts
+    only beyond max(FLAT, NOISE_SIGMAS x its standard error), the standard error from the curve's batch-to-batch
+    noise s (_step_noise) as s x sqrt(2 / window). Each step reads another batch, so a run whose weights barely move
+    (a few finetuning steps at a finetuning lr) sees only the batches' spread, which alone can put the last window
+    above the first. diverged: a loss not finite, or a rise beyond the margin; learned: a fall beyond it; else
+    not_learning."""
     bad = _first_bad(train_curve)
     if bad is not None:
         return "diverged", f"memory run: train loss not finite at step {bad}"
     if len(train_curve) < 2:
         return "not_learning", "memory run: too few training steps to tell"
-    window = min(TRAIN_WINDOW, len(train_curve) // 2)
-    first = statistics.fmean(loss for _, loss in train_curve[:window])
-    last = statistics.fmean(loss for _, loss in train_curve[-window:])
+    losses = [loss for _, loss in train_curve]
+    window = min(TRAIN_WINDOW, len(losses) // 2)
+    first, last = statistics.fmean(losses[:window]), statistics.fmean(losses[-window:])
+    noise = _step_noise(losses)
+    margin = FLAT if noise is None else max(FLAT, NOISE_SIGMAS * noise * math.sqrt(2 / window))
     moved = (f"memory run (not a quality measurement): mean train loss of the first {window} logged steps "
-             f"{first:.4g}, of the last {window} {last:.4g}")
-    if last > first + FLAT:
+             f"{first:.4g}, of the last {window} {last:.4g}, margin {margin:.2g}"
+             + ("" if noise is None else f" ({NOISE_SIGMAS:g} x the standard error of a mean of {window} steps)"))
+    if last > first + margin:
         return "diverged", moved
-    if last > first - FLAT:
+    if last > first - margin:
         return "not_learning", moved
     return "learned", moved
 

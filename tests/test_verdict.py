@@ -159,6 +159,27 @@ def test_a_memory_run_gets_a_health_verdict_from_its_training_loss(curve, verdic
     assert training_verdict(curve)[1].startswith("memory run")
 
 
+# train losses of a finetuning run whose weights barely move (MeZO, lr 1e-6, 20 steps of 16 x 256 on corpus_source,
+# llama_tiny pretrained on WikiText-2): each step reads other batches, whose losses spread by ~0.12 nats
+FROZEN = [5.519, 5.802, 5.632, 5.729, 5.649, 5.557, 5.77, 5.474, 5.679, 5.476, 5.685, 5.77, 5.843, 5.646, 5.513,
+          5.846, 5.532, 5.577, 5.551, 5.612]
+
+
+@pytest.mark.parametrize("losses, verdict", [
+    (FROZEN, "not_learning"),  # first 5 steps 5.666, last 5 5.623: the batches' spread, not learning
+    (FROZEN[::-1], "not_learning"),  # last 5 above the first by 0.043 > FLAT: was "diverged" from the batches alone
+    ([x + 0.05 * i for i, x in enumerate(FROZEN)], "diverged"),  # a steady rise of 0.05 nats a step
+    ([x - 0.03 * i for i, x in enumerate(FROZEN)], "learned"),  # full finetuning's fall on the same batches
+])
+def test_a_memory_runs_verdict_weighs_the_move_against_the_batches_spread(losses, verdict):
+    """The standard error of a window's mean comes from successive differences (a trend does not count as noise):
+    the frozen curve's noise is ~0.12 nats, so its 5-step means are ~0.15 nats apart at 2 standard errors."""
+    got, reason = training_verdict([[step, loss] for step, loss in enumerate(losses)])
+    assert got == verdict, reason
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert verdict != "not_learning" or abs(last - first) > FLAT  # the old rule (FLAT alone) would have moved
+
+
 def test_a_memory_rows_own_verdict_passes_through_the_sweep_unrefined():
     """No baseline refines it (a memory run claims no quality); a failed run has no verdict."""
     learned = {"method": "lora", "status": "ok", "quality_measured": False, "verdict": "learned",
