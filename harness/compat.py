@@ -232,7 +232,7 @@ def _markdown(cells: list[dict], command: str) -> str:
     for c in cells:
         mark = c["status"]
         if c["status"] not in ("ok",) and c["reason"]:
-            why = PAIR_NOTES.get((c["method"], c["feature"])) or next(
+            why = (PAIR_NOTES.get((c["method"], c["feature"])) if c["status"] == "wrong" else None) or next(
                 (note for piece, note in REASON_NOTES.items() if piece in c["reason"]), "")
             number = notes.setdefault(c["reason"] + (f" *Why:* {why}" if why else ""), len(notes) + 1)
             mark = f"{mark} [{number}]"
@@ -244,6 +244,11 @@ def _markdown(cells: list[dict], command: str) -> str:
              "ones and gradient accumulation against one process with the whole batch of 4). `ok` means every "
              "step's loss and the held-out loss after the last step agree within "
              f"{TOLERANCES['ddp']:.1%} (bf16: {TOLERANCES['bf16']:.0%}). Machine-readable: compatibility.csv.", "",
+             "Statuses: `unsupported` planning refuses the pair (exit code 2, the reason below); `fails` planning "
+             "accepts it but the job ends with an error, or the method alone does not train in this setting; "
+             "`wrong` it runs but its losses differ beyond the tolerance; `cuda-only` the method cannot run on CPU, "
+             "so the pair is unchecked; `skipped` an optional package is absent; `n/a` the method has the feature "
+             "already. The bf16 column is a smoke check (it runs, and stays near fp32 for 3 steps).", "",
              "| method | " + " | ".join(FEATURES) + " |", "|---|" + "---|" * len(FEATURES)]
     lines += [f"| {m} | " + " | ".join(table[(m, f)] for f in FEATURES) + " |" for m in methods]
     lines += ["", "## Reasons", ""] + [f"{n}. {reason}" for reason, n in notes.items()]
