@@ -33,8 +33,9 @@ class FactorizedLinear(nn.Module):
         weight = linear.weight.detach()
         u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
         root = s[:rank].sqrt()
-        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype))  # out × r
-        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype))  # r × in
+        # contiguous: the SVD's factors are column-major, and FSDP2 (like some kernels) takes no strided parameter
+        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype).contiguous())  # out × r
+        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype).contiguous())  # r × in
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

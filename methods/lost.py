@@ -38,8 +38,9 @@ class LOSTLinear(nn.Module):
         weight = linear.weight.detach()
         u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
         root = s[:rank].sqrt()
-        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype))  # out × r
-        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype))  # r × in
+        # contiguous: the SVD's factors are column-major, and FSDP2 (like some kernels) takes no strided parameter
+        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype).contiguous())  # out × r
+        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype).contiguous())  # r × in
         complement = (u[:, rank:] * s[rank:]) @ vh[rank:]
         channels = complement.norm(dim=0).topk(max(1, math.ceil(density * weight.shape[1]))).indices.sort().values
         self.register_buffer("channels", channels)

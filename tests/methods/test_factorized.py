@@ -30,6 +30,7 @@ def test_a_layer_is_b_a_x_with_both_factors_trained_and_no_full_weight():
     assert names == {n for n, _ in model.named_parameters()}  # embeddings, norms, head and factors all train
     assert not any(n.endswith("proj.weight") for n in names) and "lm_head.weight" in names
     assert sum(n.endswith((".a", ".b")) for n in names) == 2 * 7 * SPEC.num_hidden_layers
+    assert all(p.is_contiguous() for p in model.parameters())  # FSDP2 shards no strided parameter
 
 
 def test_factors_start_as_the_truncated_svd_of_the_random_init():
