@@ -71,9 +71,6 @@ REASON_NOTES = {
     "in-place operations that require placement changes":
         "Adafactor factors the second moment into row and column means of each matrix; on a row shard the column "
         "mean needs the other ranks' rows, a redistribution DTensor refuses in place.",
-    "non-contiguous parameters":
-        "the method keeps a factor of its low-rank layers as a non-contiguous parameter, and FSDP2 shards only "
-        "contiguous ones.",
     "killed after":
         "a rank hung in a collective and was killed; not investigated further (the pair passes with "
         "fsdp2_zero2, which keeps the gathered parameters from forward to backward).",
