@@ -106,20 +106,22 @@ def device_capacity(index: int = 0) -> int:
     return int(pynvml.nvmlDeviceGetMemoryInfo(visible_handle(pynvml, index)).total)
 
 
-def resolve(spec, record: dict, capacity: int | None = None):
+def resolve(spec, record: dict, device: str = "cuda", capacity: int | None = None):
     """The job `spec` with train.batch_size=auto replaced by the largest batch whose trial runs; `record` gets the
     search. A batch whose trial is not ok, or whose trial's allocated peak exceeds train.memory_budget_gib where
     given, does not fit."""
-    from harness.estimate import largest_batch
+    from harness.estimate import batch_within, estimate
 
     budget = int(spec.train.memory_budget_gib * 2**30) if spec.train.memory_budget_gib else None
-    on_gpu = spec.run.device != "cpu"
+    on_gpu = device == "cuda"
     if budget is None and not on_gpu:
         raise RuntimeError("train.batch_size=auto on the CPU needs train.memory_budget_gib (no OOM to find there)")
-    capacity = capacity or (device_capacity() if budget is None else None)
     peak_key = "peak_allocated" if on_gpu else "cpu_live_peak"
-    guess = largest_batch(dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=1)),
-                          capacity, headroom=0.0) if budget is None else _guess_allocated(spec, budget, on_gpu)
+    one = dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=1))
+    e1, e8 = (estimate(one, b, "cuda" if on_gpu else "cpu") for b in (1, 8))
+    # the guess: every phase's NVML figure within the device's memory, or its allocated peak within the budget
+    guess = max(1, batch_within(e1, e8, capacity or device_capacity()) if budget is None
+                else batch_within(e1, e8, budget, overhead=0))
     config = _trial_config(spec)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["harness.train"])
@@ -143,13 +145,3 @@ def resolve(spec, record: dict, capacity: int | None = None):
     if best == 0:
         raise RuntimeError(f"train.batch_size=auto: batch 1 does not fit ({trials[1][0]})")
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=best))
-
-
-def _guess_allocated(spec, budget: int, on_gpu: bool) -> int:
-    """The largest batch whose estimated peak (allocated; live tensors on the CPU) is within `budget`, the peak
-    taken as affine in the batch from batches 1 and 8."""
-    from harness.estimate import estimate
-
-    one = dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=1))
-    p1, p8 = ((e.peak if on_gpu else e.live_peak) for e in (estimate(one, 1), estimate(one, 8)))
-    return max(1, 1 + int((budget - p1) // max(1, (p8 - p1) / 7)))

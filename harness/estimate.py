@@ -77,18 +77,27 @@ def fits(est: Estimate, memory_bytes: int, headroom: float = HEADROOM) -> bool:
 
 
 def largest_batch(spec, memory_bytes: int, headroom: float = HEADROOM, probes: tuple[int, int] = (1, 8)) -> int:
-    """The largest batch whose NVML figure fits, from the reserved peak at two batch sizes (affine in the batch);
-    0 where even batch 1 does not fit."""
-    return batch_within(*(estimate(spec, b).nvml for b in probes), memory_bytes * (1 - headroom), probes)
+    """The largest batch whose NVML figure fits (batch_within), from traces at two batch sizes."""
+    return batch_within(*(estimate(spec, b) for b in probes), memory_bytes * (1 - headroom), probes)
 
 
-def batch_within(n1: int, n2: int, budget: float, probes: tuple[int, int] = (1, 8)) -> int:
-    """The largest batch b with n1 + (b - b1) * slope <= budget, the slope from the figures n1, n2 at batches
-    probes = (b1, b2); 0 where n1 is over the budget."""
+def batch_within(e1: Estimate, e2: Estimate, budget: float, probes: tuple[int, int] = (1, 8),
+                 overhead: int | None = None) -> int:
+    """The largest batch b whose every phase fits: peak_p(b) + overhead <= budget, with each phase's peak taken as
+    affine in the batch through its peaks in e1, e2 (at batches `probes`) and overhead = the larger NVML - peak gap
+    of the two (reserved beyond allocated, and the CUDA context; 0 for a budget of allocated bytes). Per phase, because the phase that sets the peak
+    can change with the batch (at batch 1 the end of backward, holding all gradients; at a large batch the forward's
+    activations); 0 where batch 1 does not fit."""
     (b1, b2) = probes
-    if n1 > budget:
-        return 0
-    return b1 + int((budget - n1) // max(1.0, (n2 - n1) / (b2 - b1)))
+    overhead = max(e1.nvml - e1.peak, e2.nvml - e2.peak) if overhead is None else overhead
+    best = None
+    for phase, p1 in e1.phases.items():
+        a, slope = p1["peak"], (e2.phases[phase]["peak"] - p1["peak"]) / (b2 - b1)
+        if a + overhead > budget:
+            return 0
+        fit = b1 + int((budget - overhead - a) // slope) if slope > 0 else None
+        best = fit if best is None or (fit is not None and fit < best) else best
+    return best if best is not None else b2
 
 
 @contextmanager
@@ -153,14 +162,14 @@ def fit_table(jobs, headroom: float = HEADROOM, made: dict | None = None) -> str
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     for job in jobs:
         est = (made or {}).get(job.run_id) or estimate(job.spec)
-        n1, n8 = (estimate(job.spec, b).nvml for b in (1, 8))
+        e1, e8 = (estimate(job.spec, b) for b in (1, 8))
         cells = [f"{'yes' if fits(est, memory, headroom) else 'no'}, max batch "
-                 f"{batch_within(n1, n8, memory * (1 - headroom))}" for memory in devices.values()]
+                 f"{batch_within(e1, e8, memory * (1 - headroom))}" for memory in devices.values()]
         label = " ".join(o for o in job.overrides if o not in shared) or job.spec.method.name
         lines.append([label, str(est.batch_size), _gib(est.peak), _gib(est.nvml), *cells])
     return _grid(lines) + (f"\nfits: predicted NVML figure (reserved + {CUDA_CONTEXT / GIB:.2f} GiB CUDA context) "
                            f"<= {1 - headroom:.0%} of the GPU's memory_bytes; max batch: from traces at batch 1 and "
-                           "8, the reserved peak taken as affine in the batch")
+                           "8, each phase's peak taken as affine in the batch")
 
 
 def main(argv: list[str] | None = None) -> int:

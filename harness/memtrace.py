@@ -118,6 +118,22 @@ def _cuda_attention():
 
 
 @contextmanager
+def _fused_8bit_step():
+    """On CUDA the 8-bit AdamW step is one Triton kernel that updates parameter and quantized moments in place
+    (methods/adamw8bit.py, kernels/adamw8bit.py): no tensor is made. The trace runs on fake CPU tensors, where the
+    method takes its plain-torch path (fp32 copies of the moments, the gradient and the weight: 2.6 GB of
+    temporaries for LLaMA-7B's embedding); the kernel's update is left out instead, its state kept as initialized."""
+    import methods.adamw8bit as adamw8bit
+
+    plain = adamw8bit._step_torch
+    adamw8bit._step_torch = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        adamw8bit._step_torch = plain
+
+
+@contextmanager
 def _eager():
     """torch.compile'd functions (torchao's optimizer steps) run eagerly, so that the probe sees their tensors."""
     torch.compiler.set_stance("force_eager")
@@ -198,7 +214,8 @@ def trace_job(spec, batch_size: int | None = None, steps: int = 2, device: str =
         probe.phase = "between"
 
     attention = _cuda_attention() if target.type == "cuda" else nullcontext()
-    with FakeTensorMode(allow_non_fake_inputs=True), attention, _eager(), probe:
+    kernels = _fused_8bit_step() if target.type == "cuda" else nullcontext()
+    with FakeTensorMode(allow_non_fake_inputs=True), attention, kernels, _eager(), probe:
         model = apply_transforms(spec.method, build_model(spec.model, dtype, cpu), cpu)
         model.train()
         marks.append(("load", _peak_index(probe.log, 0, allocator), allocator.peak, probe.peak))

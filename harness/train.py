@@ -106,7 +106,7 @@ class Hooks:
 def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault=lambda stage, model: None,
                  hooks: Hooks | None = None) -> None:
     if spec.train.batch_size == "auto":  # trials in child processes, before this process touches CUDA
-        spec = autobatch.resolve(spec, record)
+        spec = autobatch.resolve(spec, record, device.type)
     record.update(job_estimate(spec, device.type))  # the memory estimate (harness/estimate.py), no GPU used
     cuda = device.type == "cuda"
     dtype = resolve_dtype(spec.train.dtype, device)

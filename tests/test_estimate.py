@@ -77,12 +77,12 @@ def apollo_mini_state(spec, bytes_per: int = 2) -> int:
 
 def adamw8bit_state(spec, block: int = 256) -> int:
     """8-bit AdamW (Dettmers et al., 2022): per parameter one byte per value for each moment and one fp32 absmax
-    per block of 256 values for each; the codes are quantized in whole blocks, so after the first step each moment's
-    codes hold a whole number of blocks (kernels/quant.quantize pads the last one)."""
+    per block of 256 values for each (on CUDA the fused kernel updates the codes in place; the CPU path would
+    re-quantize them into whole blocks, padding the last one)."""
     sizes = [m * n for m, n in _matrices(spec)]
     h, _, layers, vocab = _llama(spec)
     sizes += [vocab * h] * 2 + [h] * (2 * layers + 1)
-    return sum(2 * (block + 4) * math.ceil(n / block) for n in sizes)
+    return sum(2 * n + 2 * 4 * math.ceil(n / block) for n in sizes)
 
 
 def lora_state(spec, rank: int, bytes_per: int = 2) -> int:
