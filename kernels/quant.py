@@ -17,12 +17,13 @@ BLOCK = 256
 
 @cache
 def _dynamic_map_values(signed: bool) -> tuple[float, ...]:
-    # numbers, not a tensor: a tensor first made under a FakeTensorMode (a memory estimate) would be cached fake
+    # plain Python, no torch op: a memory estimate traces under a dispatch mode where a tensor is fake and a value read
+    # back (.tolist(), .item()) is a stand-in 1 (harness/memtrace.py), and the cache would keep either for the process
     values = [0.0, 1.0]
     for i in range(7):
         count = 2**i if signed else 2 ** (i + 1)
-        edges = torch.linspace(0.1, 1.0, count + 1, dtype=torch.float64)
-        means = ((edges[:-1] + edges[1:]) / 2 * 10.0 ** (i - 6)).tolist()
+        edges = [0.1 + 0.9 * k / count for k in range(count + 1)]  # linspace(0.1, 1.0, count + 1)
+        means = [(a + b) / 2 * 10.0 ** (i - 6) for a, b in zip(edges[:-1], edges[1:])]
         values += means + ([-v for v in means] if signed else [])
     assert len(values) == 256
     return tuple(sorted(values))

@@ -31,6 +31,30 @@ def test_code_books():
     assert (signed == 0).sum() == 1 and unsigned[1] < 1e-5  # small magnitudes are representable
 
 
+def test_a_memory_estimate_first_leaves_the_code_books_exact():
+    """The code book is cached for the process, and a job's memory estimate (traced: fake tensors, values read back
+    as a stand-in 1) runs before its first step: the cached values must not come from the trace. Reference: the
+    dynamic-tree map written plainly (exponent 10^(i-6), 2^i signed or 2^(i+1) unsigned linearly spaced fractions
+    of (0.1, 1), their midpoints)."""
+    from harness.estimate import plan_for_gpu
+    from harness.memtrace import trace_job
+    from membench_kernels import quant
+
+    quant._dynamic_map_values.cache_clear()
+    spec = plan_for_gpu(["model=llama_tiny", "method=adamw8bit", "dataset=synthetic", "train.seq_len=16",
+                         "train.batch_size=1"])[0].spec
+    trace_job(spec, device="cpu")
+    for signed in (True, False):
+        values = {0.0, 1.0}
+        for i in range(7):
+            n = 2**i if signed else 2 ** (i + 1)
+            for k in range(n):
+                mid = (0.1 + 0.9 * (k + 0.5) / n) * 10.0 ** (i - 6)
+                values |= {mid, -mid} if signed else {mid}
+        expected = torch.tensor(sorted(values), dtype=torch.float32)
+        torch.testing.assert_close(dynamic_map(signed), expected, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("numel,block", [(1000, 256), (257, 64), (5, 256)])
 def test_quantize_matches_the_plain_roundtrip(signed, numel, block):
