@@ -95,7 +95,7 @@ def _step_noise(losses: Sequence[float]) -> float | None:
     halved (a steady trend only shifts their mean, so it does not count as noise). None with fewer than 3 points."""
     if len(losses) < 3:
         return None
-    return math.sqrt(statistics.variance(b - a for a, b in zip(losses, losses[1:])) / 2)
+    return math.sqrt(statistics.variance(b - a for a, b in zip(losses, losses[1:], strict=False)) / 2)
 
 
 def training_verdict(train_curve: Sequence) -> tuple[str, str]:

@@ -23,7 +23,7 @@ def _dynamic_map_values(signed: bool) -> tuple[float, ...]:
     for i in range(7):
         count = 2**i if signed else 2 ** (i + 1)
         edges = [0.1 + 0.9 * k / count for k in range(count + 1)]  # linspace(0.1, 1.0, count + 1)
-        means = [(a + b) / 2 * 10.0 ** (i - 6) for a, b in zip(edges[:-1], edges[1:])]
+        means = [(a + b) / 2 * 10.0 ** (i - 6) for a, b in zip(edges[:-1], edges[1:], strict=True)]
         values += means + ([-v for v in means] if signed else [])
     assert len(values) == 256
     return tuple(sorted(values))
