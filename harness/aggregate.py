@@ -20,8 +20,8 @@ import pandas as pd
 
 from harness import PROJECT_ROOT, finetune_report
 from harness.config import OPERATIONAL_KEYS
-from harness.results import COLUMNS, read_rows
 from harness.estimate_check import row_errors
+from harness.results import COLUMNS, read_rows
 from harness.verdict import NOISE_SIGMAS, improvement, sweep_verdicts
 
 GROUP_KEYS = ["model", "dataset", "tokenizer", "method", "scenario", "gpu", "device", "dtype", "batch_size", "seq_len"]

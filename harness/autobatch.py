@@ -62,11 +62,10 @@ def _trial(config: dict, batch: int) -> tuple[str, dict]:
     """In a child process: TRIAL_STEPS training steps at `batch`; (ok | oom | error, the run's record)."""
     import torch
 
+    from harness.estimate import IN_JOBS
     from harness.schema import JobSpec
     from harness.train import run_training
     from harness.worker import _resolve_device, one_line
-
-    from harness.estimate import IN_JOBS
 
     IN_JOBS["on"] = False  # the search has its estimate; a trial only runs
     spec = JobSpec.from_dict(config)

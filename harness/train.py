@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import PROJECT_ROOT
-from harness import autobatch
+from harness import PROJECT_ROOT, autobatch, checkpoints, distributed
 from harness import data as data_lib
 from harness.estimate import job_estimate
-from harness import checkpoints, distributed
 from harness.loading import load_model
 from harness.models import flops_per_token
 from harness.parts import build_optimizer, loop_step, row_fields
