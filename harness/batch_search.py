@@ -4,9 +4,9 @@ Each candidate batch runs in a child process of its own (a fresh CUDA context, a
 OOM there is data, not a crash of the job), forked from a multiprocessing fork server that has imported the
 harness once and never touches CUDA. `largest_fitting` is the search, separate from what a probe runs, so any
 scenario can use it: after batch 1, two probes (the prefill chunk's size and twice that) give a line,
-peak(b) ≈ a + b·per_sequence, whose prediction is probed next; from there the bracket [largest that fit, smallest
-that did not] is narrowed by bisection, growing by doubling while every probe fits. A probe fits when it ends ok
-with its peak within the budget.
+peak(b) ≈ a + b·per_sequence, whose prediction is the guess of harness.autobatch.search_around (shared with
+train.batch_size=auto, whose guess comes from the estimator): the guess, then up or down by 1, 2, 4, ... and
+bisection. A probe fits when it ends ok with its peak within the budget.
 
 The generate job's row is the run at the largest batch found (harness.infer.measure, fidelity off), with
 `batch_search`: [[batch, status, peak bytes], ...] in the order probed, and `memory_budget`.
@@ -21,17 +21,20 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from harness.autobatch import search_around
+
 GIB = 2**30
 BATCH1_FIELDS = ("peak_allocated", "cpu_live_peak", "kv_cache_bytes", "ttft_s", "prefill_tokens_per_s", "decode_ms",
                  "decode_ms_p20", "decode_ms_p80", "decode_tokens_per_s")
 
 
 def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int, budget: int,
-                    start: int = 2) -> tuple[int, list]:
+                    start: int = 2, per_item: Callable[[int], int] = lambda batch: 0) -> tuple[int, list]:
     """(largest batch in [1, limit] for which probe(batch) = (fits, peak bytes) fits, 0 if none; the batches probed
     in order). Batch 1 first, then `start` and 2·start, whose peaks give the line peak(b) ≈ a + b·c; its prediction
-    g for `budget` (bytes) is probed next, then g + 1 (or g − 1), and bisection closes what is left. `start` should
-    be where the line is straight (past a prefill chunk's size, whose activations grow with the batch below it)."""
+    for `budget` (bytes) is the guess harness.autobatch.search_around starts from (the guess, then g + 1 where it is
+    right). `start` should be where the line is straight (past a prefill chunk's size, whose activations grow with
+    the batch below it); per_item(batch), bytes each item surely adds (a sequence's KV cache), floors the slope."""
     seen: dict[int, tuple[bool, int | None]] = {}
 
     def fits(batch: int) -> bool:
@@ -41,31 +44,17 @@ def largest_fitting(probe: Callable[[int], tuple[bool, int | None]], limit: int,
 
     if not fits(1):
         return 0, list(seen)
-    good, bad = 1, limit + 1
     a, b = min(max(start, 2), limit), min(2 * max(start, 2), limit)
-    for batch in dict.fromkeys((a, b)):
-        if batch > good:
-            if not fits(batch):
-                bad = batch
-                break
-            good = batch
-    if bad > limit and good < limit:  # a and b fit: the line through their peaks predicts the largest batch
+    if not fits(a):
+        guess = a - 1
+    elif not fits(b):
+        guess = (a + b) // 2
+    else:
         (_, pa), (_, pb) = seen[a], seen[b]
-        guess = b + (budget - pb) * (b - a) // (pb - pa) if pa is not None and pb is not None and pb > pa else 2 * b
-        guess = min(max(guess, b + 1), limit)
-        if fits(guess):
-            good, step = guess, 1
-            while good < limit and fits(min(good + step, limit)):  # upwards from the guess: +1, +2, +4, ...
-                good, step = min(good + step, limit), step * 2
-            bad = min(good + step, limit + 1) if good < limit else limit + 1
-        elif guess - 1 > good and fits(guess - 1):
-            return guess - 1, list(seen)
-        else:
-            bad = min(guess - 1, bad) if guess - 1 > good else guess
-    while bad - good > 1:
-        middle = (good + bad) // 2
-        good, bad = (middle, bad) if fits(middle) else (good, middle)
-    return good, list(seen)
+        slope = max((pb - pa) / (b - a) if pa is not None and pb is not None and b > a else 0, per_item(b))
+        guess = b + int((budget - pb) // slope) if slope > 0 and pb is not None else 2 * b
+    best, _ = search_around(fits, min(max(guess, 1), limit), limit)
+    return best, list(seen)
 
 
 def _probe(config: dict, batch: int) -> tuple[str, dict]:
@@ -112,7 +101,8 @@ def search(spec, device: torch.device, record: dict) -> None:
             raise RuntimeError(f"batch_size=auto: batch {batch}: {result['error']}")
         return status == "ok" and result.get(peak_key, budget + 1) <= budget, result.get(peak_key)
 
-    best, order = largest_fitting(probe, spec.infer.batch_limit, budget, start=spec.infer.prefill_batch or 2)
+    best, order = largest_fitting(probe, spec.infer.batch_limit, budget, start=spec.infer.prefill_batch or 2,
+                                  per_item=lambda b: records[b][1].get("kv_cache_bytes", 0) // b)
     record.update(memory_budget=budget, batch_size_auto=True, batch_search_probe=peak_key,
                   batch_search=[[b, records[b][0] if records[b][0] != "ok" or records[b][1].get(peak_key, budget + 1)
                                  <= budget else "over_budget", records[b][1].get(peak_key)] for b in order])

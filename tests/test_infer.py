@@ -81,6 +81,8 @@ def test_the_search_finds_the_largest_batch_with_few_probes():
     assert largest_fitting(lambda b: (False, 10), 64, budget=0) == (0, [1])
     assert largest_fitting(lambda b: (True, 10 * b), 7, budget=10**9)[0] == 7
     assert largest_fitting(lambda b: (b <= 3, 10 * b), 64, budget=10**9, start=4)[0] == 3
+    flat = largest_fitting(lambda b: (b <= 20, 100 + 10 * b * (b > 4)), 1024, budget=300, per_item=lambda b: 10)
+    assert flat[0] == 20 and flat[1][:4] == [1, 2, 4, 24]  # flat peaks at 2 and 4: the per-item floor guesses 24
     assert largest_fitting(lambda b: (b <= 6, 10 * b), 64, budget=10**9, start=4)[0] == 6
 
 
