@@ -122,8 +122,10 @@ def resolve(spec, record: dict, device: str = "cuda", capacity: int | None = Non
     guess = max(1, batch_within(e1, e8, capacity or device_capacity()) if budget is None
                 else batch_within(e1, e8, budget, overhead=0))
     config = _trial_config(spec)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["harness.train"])
+    # spawn, not forkserver: importing transformers imports torchao, which initializes CUDA, so children forked from
+    # a server that preloaded the harness could not use CUDA (seen on the H100: "Cannot re-initialize CUDA in forked
+    # subprocess"); a fresh interpreter a trial costs its imports, a few seconds
+    context = multiprocessing.get_context("spawn")
     trials: dict[int, tuple[str, dict]] = {}
 
     def fits(batch: int) -> bool:

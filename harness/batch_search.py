@@ -86,8 +86,10 @@ def search(spec, device: torch.device, record: dict) -> None:
     config = _plain(spec)
     peak_key = "peak_allocated" if device.type == "cuda" else "cpu_live_peak"
     records: dict[int, tuple[str, dict]] = {}
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["harness.infer"])
+    # spawn, not forkserver: importing transformers imports torchao, which initializes CUDA, so children forked from
+    # a server that preloaded the harness could not use CUDA (seen on the H100: "Cannot re-initialize CUDA in forked
+    # subprocess"); a fresh interpreter a trial costs its imports, a few seconds
+    context = multiprocessing.get_context("spawn")
 
     def probe(batch: int) -> tuple[bool, int | None]:
         with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
