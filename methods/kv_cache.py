@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from methods.options import Ranged
 
@@ -43,8 +41,15 @@ def cache_attention(module, query, key, value, attention_mask, scaling=None, dro
     return layer.attend(module, query, key, value, attention_mask, scaling)
 
 
-ALL_ATTENTION_FUNCTIONS.register(ATTENTION, cache_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+def _register_attention() -> None:
+    """Registered on first use, not at import: transformers.modeling_utils imports its quantizers (torchao among
+    them), which planning, which imports every method, should not pay for or hear from."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(ATTENTION, cache_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
 
 
 def attention_modules(model) -> list[torch.nn.Module]:
@@ -54,6 +59,7 @@ def attention_modules(model) -> list[torch.nn.Module]:
 
 def bind(model, cache: Cache | None) -> None:
     """Route attention through `cache_attention` with `cache` (None: back to SDPA, nothing bound)."""
+    _register_attention()
     for module in attention_modules(model):
         module.kv_cache = cache
     model.set_attn_implementation(ATTENTION if cache is not None else "sdpa")
