@@ -62,12 +62,10 @@ def _trial(config: dict, batch: int) -> tuple[str, dict]:
     """In a child process: TRIAL_STEPS training steps at `batch`; (ok | oom | error, the run's record)."""
     import torch
 
-    from harness.estimate import IN_JOBS
     from harness.schema import JobSpec
     from harness.train import run_training
     from harness.worker import _resolve_device, one_line
 
-    IN_JOBS["on"] = False  # the search has its estimate; a trial only runs
     spec = JobSpec.from_dict(config)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=batch))
     record: dict = {}
@@ -86,6 +84,7 @@ def _trial_config(spec) -> dict:
     data["train"].update(batch_size=1, steps=TRIAL_STEPS, warmup_steps=1, eval_batches=0, lr_warmup_steps=0,
                          lr_warmup_fraction=None)
     data["quality"]["measure"] = False
+    data["run"]["estimate"] = False  # the search has its estimate; a trial only runs
     return data
 
 

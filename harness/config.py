@@ -39,7 +39,7 @@ GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep", "launcher")
 NEUTRAL_DEFAULTS = {"train.grad_accum": 1, "train.distributed": "none", "run.nproc": 1, "run.inject_fault_rank": None}
 # Keys that change how a job is run, not what it measures: they stay out of run_id and the folder name.
 OPERATIONAL_KEYS = ("run.force", "run.retry_failed", "run.timeout_s", "run.results_dir", "run.repeats", "run.busy_gpu",
-                    "run.host_memory_limit_gib", "run.parallel", "run.resume_from")
+                    "run.host_memory_limit_gib", "run.parallel", "run.resume_from", "run.estimate")
 
 
 @cache

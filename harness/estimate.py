@@ -57,14 +57,9 @@ def estimate(spec, batch_size: int | None = None, device: str = "cuda") -> Estim
                     batch_size=batch_size or spec.train.batch_size)
 
 
-IN_JOBS = {"on": True}  # harness.autobatch's trials switch it off: a trial's row is never written
-
-
 def job_estimate(spec, device: str = "cuda") -> dict:
     """The row's estimate fields for job `spec` on `device` (estimate_peak, ...); a job this cannot trace gets
     estimate_error instead, and runs as it would have."""
-    if not IN_JOBS["on"]:
-        return {}
     try:
         return estimate(spec, device=device).row_fields()
     except Exception as e:  # the estimate must never cost a measurement: its failure is a field of the row

@@ -151,6 +151,7 @@ class RunSpec:
     nproc: int = 1  # ranks of one job on one node, started by torchrun (harness/distributed.py)
     inject_fault_rank: int | None = None  # the rank that injects run.inject_fault (null: every rank)
     resume_from: list[str] | None = None  # rows files (e.g. committed ones) whose rows count as this sweep's own
+    estimate: bool = True  # trace the job's memory estimate before it runs (harness/estimate.py): seconds of CPU
 
     def check(self) -> None:
         limit = self.host_memory_limit_gib

@@ -105,7 +105,8 @@ def run_training(spec: JobSpec, device: torch.device, record: dict, inject_fault
                  hooks: Hooks | None = None) -> None:
     if spec.train.batch_size == "auto":  # trials in child processes, before this process touches CUDA
         spec = autobatch.resolve(spec, record, device.type)
-    record.update(job_estimate(spec, device.type))  # the memory estimate (harness/estimate.py), no GPU used
+    if spec.run.estimate:
+        record.update(job_estimate(spec, device.type))  # the memory estimate (harness/estimate.py), no GPU used
     cuda = device.type == "cuda"
     dtype = resolve_dtype(spec.train.dtype, device)
     seed = spec.train.seed

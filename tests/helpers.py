@@ -10,7 +10,7 @@ from harness.results import read_rows
 ROOT = Path(__file__).resolve().parent.parent
 # Small and fast on CPU: a few steps of the tiny LLaMA on a small synthetic corpus.
 FAST = ["train.steps=4", "train.warmup_steps=2", "train.seq_len=64", "train.batch_size=4", "train.eval_batches=2",
-        "dataset.train_tokens=20000", "dataset.eval_tokens=4096", "run.device=cpu"]
+        "dataset.train_tokens=20000", "dataset.eval_tokens=4096", "run.device=cpu", "run.estimate=false"]
 
 
 def run_cli(args: list[str], results_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,7 +11,8 @@ METHODS = ["adamw", "sgd", "adafactor", "adamw_ckpt"]
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     results_dir = tmp_path_factory.mktemp("sweep") / "results"
-    proc = run_cli(["-m", f"method={','.join(METHODS)}", *FAST], results_dir)
+    fast = [o for o in FAST if o != "run.estimate=false"]  # the one CLI sweep that traces each job's estimate
+    proc = run_cli(["-m", f"method={','.join(METHODS)}", *fast], results_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return results_dir, proc, {r["method"]: r for r in rows_of(results_dir)}
 
@@ -28,6 +29,7 @@ def test_all_rows_ok_with_provenance(sweep):
         stages = [row[k] for k in ("startup_s", "load_s", "data_s", "train_s", "eval_s")]
         assert all(t > 0 for t in stages) and sum(stages) < row["wall_s"]  # where the wall time goes
         assert row["verdict"] in ("learned", "not_learning") and row["verdict_reason"].startswith("memory run")
+        assert row["estimate_peak"] > 0 and "estimate_error" not in row  # every row predicts its peak
     assert "status counts: ok=4" in proc.stdout
 
 
