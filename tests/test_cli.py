@@ -17,7 +17,8 @@ def test_help_lists_every_key_with_its_default(tmp_path):
     assert proc.returncode == 0
     keys = [key for key, _ in leaves(default_config())]
     assert len(keys) > 40 and all(f"\n  {key}=" in proc.stdout for key in keys)
-    for line in ("train.batch_size=8", "gpu.memory_bytes=null", "run.force=false", "method.optimizer.betas=[0.9, 0.999]"):
+    assert "\n  train.batch_size=8  (int or one of auto)\n" in proc.stdout
+    for line in ("gpu.memory_bytes=null", "run.force=false", "method.optimizer.betas=[0.9, 0.999]"):
         assert f"\n  {line}\n" in proc.stdout
     assert "\n  run.device=auto  (one of auto, cpu, cuda)\n" in proc.stdout  # a choice's allowed values
     assert "\n  run.host_memory_limit_gib=auto  (float or one of auto or null)\n" in proc.stdout

@@ -156,18 +156,20 @@ def test_options_refuse_what_their_range_refuses(drawn):
         assert not refused, f"{where}.{name}={value!r} was accepted"
 
 
-def _method_with(where: str, part: str) -> tuple[str, dict] | None:
-    """A method YAML that uses `part`, and the section of it that holds the part's options."""
+def _method_with(where: str, part: str) -> tuple[str, dict, str] | None:
+    """A method YAML that uses `part`, the section of it that holds the part's options, and the scenario it runs in
+    (a method with a KV cache generates)."""
     import yaml
 
     from harness import CONF_DIR
 
     for method in group_options("method"):
         cfg = yaml.safe_load((CONF_DIR / "method" / f"{method}.yaml").read_text())
+        scenario = "generate" if "cache" in cfg else "pretrain"
         if where == "method.optimizer" and (cfg.get("optimizer") or {}).get("name") == part:
-            return method, cfg["optimizer"]
+            return method, cfg["optimizer"], scenario
         if where != "method.optimizer" and part in cfg.get("transforms", []):
-            return method, (cfg.get("transform_options") or {}).get(part) or {}
+            return method, (cfg.get("transform_options") or {}).get(part) or {}, scenario
     return None
 
 
@@ -180,10 +182,11 @@ PLANNED_FIELDS = [(where, name, *found) for where, part, _, name, _ in OPTION_FI
 def test_plan_refuses_invalid_options_in_one_line(tmp_path_factory, field, value):
     """Through the command line: a value no option takes (not finite, or of the wrong type) stops the plan with one
     line naming the key, and no job starts (nothing is written)."""
-    where, name, method, section = field
+    where, name, method, section, scenario = field
     results_dir = tmp_path_factory.mktemp("r") / "results"
     key = f"{where}.{name}" if name in section else f"++{where}.{name}"
     with pytest.raises(ConfigError) as info:
-        plan([f"method={method}", f"{key}={value}", "run.device=cpu", f"run.results_dir={results_dir}"])
+        plan([f"method={method}", f"scenario={scenario}", f"{key}={value}", "run.device=cpu",
+              f"run.results_dir={results_dir}"])
     assert f"{where}.{name}" in str(info.value) and "\n" not in str(info.value)
     assert not results_dir.exists()
