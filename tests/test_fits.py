@@ -60,10 +60,13 @@ def test_auto_is_a_share_of_the_available_memory():
 
 
 def _spec(overrides):
-    from harness.config import _compose
+    from harness.config import _compose, group_options
+    from harness.recipes import apply_recipe
     from harness.schema import JobSpec
 
-    return JobSpec.from_dict(_compose(overrides))
+    config = _compose(overrides)
+    apply_recipe(config, set(), group_options("model"), group_options("scenario"))  # as planning does
+    return JobSpec.from_dict(config)
 
 
 def test_weights_past_a_named_gpus_memory_are_refused_while_planning():
