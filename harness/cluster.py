@@ -166,5 +166,5 @@ def _submit(ex, todo, sweep_dir: Path, provenance: dict) -> list:
         cluster_jobs = [ex.submit(ClusterTask(), job, provenance) for job in todo]
     print(f"submitted {len(cluster_jobs)} job(s) to {todo[0].spec.launcher.cluster} as one array; if this process "
           "is lost, the same command merges what finished and resubmits the rest")
-    write_json_atomic(sweep_dir / "submitted.json", {job.run_id: c.job_id for c, job in zip(cluster_jobs, todo)})
+    write_json_atomic(sweep_dir / "submitted.json", {job.run_id: c.job_id for c, job in zip(cluster_jobs, todo, strict=True)})
     return list(zip(cluster_jobs, todo, strict=True))

@@ -115,10 +115,10 @@ def merge(results: list[dict | None], cause_if_missing: str) -> dict:
             merged[key] = sum(values) / len(values)
     curves = [r.get("train_curve") for _, r in present]
     if all(curves) and len({len(c) for c in curves}) == 1:
-        merged["train_curve"] = [[points[0][0], sum(p[1] for p in points) / len(points)] for points in zip(*curves)]
+        merged["train_curve"] = [[points[0][0], sum(p[1] for p in points) / len(points)] for points in zip(*curves, strict=True)]
     if "step_peak_allocated" in merged:
         per_step = [r.get("step_peak_allocated") or [] for _, r in present]
-        merged["step_peak_allocated"] = [max(v) for v in zip(*per_step)]
+        merged["step_peak_allocated"] = [max(v) for v in zip(*per_step, strict=False)]  # a rank that logged fewer steps ends the list
     merged["world_size"] = len(results)
     merged["per_rank"] = {**merged.get("per_rank", {}), "status": [r["status"] if r else None for r in results]}
     failed = [(rank, r) for rank, r in present if r["status"] != "ok"]
