@@ -94,6 +94,18 @@ def _lists(value):
     return [_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
+def in_child(fn: Callable, *args) -> tuple[str, dict]:
+    """fn(*args) -> (status, result) in a fresh interpreter, so that an OOM, a crash or a leaked allocation stays
+    there; a child that dies is an `error`. spawn, not forkserver: importing transformers imports torchao, which
+    initializes CUDA, so children forked from a server that preloaded the harness could not use CUDA (seen on the
+    H100: "Cannot re-initialize CUDA in forked subprocess"); a fresh interpreter costs its imports, a few seconds."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool as e:
+            return "error", {"error": f"the child process died: {e}"}
+
+
 def device_capacity(index: int = 0) -> int:
     """Total memory of the job's GPU through NVML (no CUDA context in this process)."""
     import pynvml
@@ -121,19 +133,10 @@ def resolve(spec, record: dict, device: str = "cuda", capacity: int | None = Non
     guess = max(1, batch_within(e1, e8, capacity or device_capacity()) if budget is None
                 else batch_within(e1, e8, budget, overhead=0))
     config = _trial_config(spec)
-    # spawn, not forkserver: importing transformers imports torchao, which initializes CUDA, so children forked from
-    # a server that preloaded the harness could not use CUDA (seen on the H100: "Cannot re-initialize CUDA in forked
-    # subprocess"); a fresh interpreter a trial costs its imports, a few seconds
-    context = multiprocessing.get_context("spawn")
     trials: dict[int, tuple[str, dict]] = {}
 
     def fits(batch: int) -> bool:
-        with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-            try:
-                status, result = pool.submit(_trial, config, batch).result()
-            except BrokenProcessPool as e:
-                status, result = "error", {"error": f"the trial at batch {batch} died: {e}"}
-        trials[batch] = status, result
+        status, result = trials[batch] = in_child(_trial, config, batch)
         print(f"batch_size=auto: batch {batch}: {status} {peak_key} {result.get(peak_key)}", flush=True)
         if status == "error":
             raise RuntimeError(f"train.batch_size=auto: the trial at batch {batch} failed: {result['error']}")

@@ -14,14 +14,11 @@ The generate job's row is the run at the largest batch found (harness.infer.meas
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from harness.autobatch import search_around
+from harness.autobatch import in_child, search_around
 
 GIB = 2**30
 BATCH1_FIELDS = ("peak_allocated", "cpu_live_peak", "kv_cache_bytes", "ttft_s", "prefill_tokens_per_s", "decode_ms",
@@ -86,18 +83,8 @@ def search(spec, device: torch.device, record: dict) -> None:
     config = _plain(spec)
     peak_key = "peak_allocated" if device.type == "cuda" else "cpu_live_peak"
     records: dict[int, tuple[str, dict]] = {}
-    # spawn, not forkserver: importing transformers imports torchao, which initializes CUDA, so children forked from
-    # a server that preloaded the harness could not use CUDA (seen on the H100: "Cannot re-initialize CUDA in forked
-    # subprocess"); a fresh interpreter a trial costs its imports, a few seconds
-    context = multiprocessing.get_context("spawn")
-
     def probe(batch: int) -> tuple[bool, int | None]:
-        with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
-            try:
-                status, result = pool.submit(_probe, config, batch).result()
-            except BrokenProcessPool as e:
-                status, result = "error", {"error": f"the probe at batch {batch} died: {e}"}
-        records[batch] = status, result
+        status, result = records[batch] = in_child(_probe, config, batch)
         print(f"batch {batch}: {status} peak {result.get(peak_key)}", flush=True)
         if status == "error":
             raise RuntimeError(f"batch_size=auto: batch {batch}: {result['error']}")
