@@ -151,11 +151,13 @@ class Zygote:
         self.proc.wait()
 
 
-_ZYGOTES: dict = {}  # ("server", thread id) -> that thread's fork server; "failed" -> why none could start
+_ZYGOTES: dict = {}  # ("server", thread) -> that thread's fork server; "failed" -> why none could start
 
 
 def _zygote(log_path) -> Zygote:
-    key = ("server", threading.get_ident())
+    # keyed by the thread object, not its ident: a server dies with the thread that started it (PR_SET_PDEATHSIG), and
+    # a new thread may get an ended one's ident while that server is being killed (seen after a sweep's base job)
+    key = ("server", threading.current_thread())
     server = _ZYGOTES.get(key)
     if server is None or not server.alive():
         server = _ZYGOTES[key] = Zygote(log_path)
