@@ -21,6 +21,10 @@ def _expected_failure(group: str, option: str) -> str | None:
         path = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text())["path"]
         if not (CONF_DIR.parent / path).exists():
             return "file not found"
+    if (group, option) == ("dataset", "corpus_source"):
+        corpora = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text())["corpora"]
+        if not all((CONF_DIR.parent / c["path"]).exists() for c in corpora):
+            return "file not found"
     if (group, option) == ("model", "checkpoint"):  # it names a folder or a base job (tests/test_checkpoints.py)
         return "model=checkpoint needs model.path"
     if (group, option) == ("scenario", "finetune"):  # it needs a pretrained model (tests/test_finetune.py)
