@@ -1,99 +1,15 @@
-"""Validated, typed views of the composed config: each group becomes a small frozen dataclass.
-
-`parse(cls, data, where)` checks keys (unknown keys fail with the allowed list), types, Literal choices and that numbers
-are finite, then the dataclass's own range checks (a ValueError from its __post_init__, message starting with the
-field name), so a bad value fails before any job starts with one line that names the key and what is allowed.
-"""
+"""Validated, typed views of the composed config: each group becomes a small frozen dataclass, parsed by
+harness/parse.py (the dataset group's specs: harness/data_specs.py)."""
 from __future__ import annotations
 
-import math
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A bad config or command line: the message is one line saying what was wrong and what is allowed."""
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return all(_finite(v) for v in value) if isinstance(value, list) else True
-
-
-def parse(cls: type, data: Any, where: str):
-    """Build dataclass `cls` from a plain dict, or raise ConfigError naming `where.key`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key '{where}.{unknown[0]}'; allowed keys in {where}: {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in fields(cls):
-        if f.name in data:
-            value = data[f.name]
-        elif f.default is not MISSING:
-            value = f.default
-        elif f.default_factory is not MISSING:
-            value = f.default_factory()
-        else:
-            raise ConfigError(f"missing key '{where}.{f.name}' ({_describe(hints[f.name])})")
-        if isinstance(value, int) and not isinstance(value, bool) and hints[f.name] is float:
-            value = float(value)
-        if not _type_ok(value, hints[f.name]):
-            raise ConfigError(f"{where}.{f.name}={value!r} is invalid; expected {_describe(hints[f.name])}")
-        if not _finite(value):  # job.json stores nan and inf as null: the job would not get the value given
-            raise ConfigError(f"{where}.{f.name}={value!r} is invalid; it must be finite (not nan or inf)")
-        values[f.name] = tuple(value) if isinstance(value, list) else value
-    try:
-        return cls(**values)
-    except (ValueError, TypeError) as e:  # a range check of `cls` (__post_init__): its message starts with the field
-        raise ConfigError(f"{where}.{str(e).strip().splitlines()[0]}") from None
-
+from harness.data_specs import DATASET_KINDS, HubDataSpec, SyntheticSpec, TaskSpec, TextSpec  # noqa: F401 (re-exported)
+from harness.parse import SEEDS, ConfigError, _check_seed, _describe, parse  # noqa: F401 (re-exported)
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 Distributed = Literal["none", "ddp", "zero1", "fsdp2_zero2", "fsdp2"]  # harness/distributed.py STRATEGIES
-SEEDS = 2**32  # numpy's generator takes seeds in [0, 2**32); every seed of the config is kept in that range
-
-
-def _check_seed(key: str, seed: int) -> None:
-    if not 0 <= seed < SEEDS:
-        raise ConfigError(f"{key}={seed} is invalid; seeds are integers in [0, 2**32)")
 
 
 @dataclass(frozen=True)
@@ -260,104 +176,6 @@ class HubModelSpec:
 
 
 @dataclass(frozen=True)
-class SyntheticSpec:
-    name: str
-    kind: Literal["synthetic"]
-    vocab_size: int
-    branching: int
-    train_tokens: int
-    eval_tokens: int
-    seed: int
-
-    def check(self) -> None:
-        if self.vocab_size < 2 or not 1 <= self.branching <= self.vocab_size:
-            raise ConfigError(f"dataset.vocab_size={self.vocab_size} / dataset.branching={self.branching} are invalid;"
-                              " need vocab_size >= 2 and 1 <= branching <= vocab_size")
-        for name in ("train_tokens", "eval_tokens"):
-            if getattr(self, name) < 1024:
-                raise ConfigError(f"dataset.{name}={getattr(self, name)} is invalid; it must be >= 1024")
-        _check_seed("dataset.seed", self.seed)
-
-
-Tokenizer = Literal["bpe", "bytes", "hub"]  # harness/tokenizer.py
-
-
-def _check_tokenizer(spec) -> None:
-    named = spec.tokenizer_name is not None and spec.tokenizer_name.strip() != ""
-    if spec.tokenizer == "hub" and not named:
-        raise ConfigError("dataset.tokenizer=hub needs dataset.tokenizer_name (a hub id or a local folder)")
-    if spec.tokenizer != "hub" and spec.tokenizer_name is not None:
-        raise ConfigError(f"dataset.tokenizer_name is read with dataset.tokenizer=hub only, not "
-                          f"dataset.tokenizer={spec.tokenizer}; set dataset.tokenizer=hub or drop the name")
-
-
-@dataclass(frozen=True)
-class TextSpec:
-    name: str
-    kind: Literal["text"]
-    path: str
-    eval_path: str | None = None
-    eval_fraction: float = 0.1
-    tokenizer: Tokenizer = "bpe"
-    tokenizer_name: str | None = None
-
-    def check(self) -> None:
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ConfigError(f"dataset.eval_fraction={self.eval_fraction} is invalid; it must be in (0, 1)")
-        _check_tokenizer(self)
-
-
-@dataclass(frozen=True)
-class HubDataSpec:
-    name: str
-    kind: Literal["hub"]
-    hub_name: str
-    hub_config: str | None = None
-    split: str = "train"
-    eval_split: str = "validation"
-    text_field: str = "text"
-    tokenizer: Tokenizer = "bpe"
-    tokenizer_name: str | None = None
-
-    def check(self) -> None:
-        if not self.hub_name.strip():
-            raise ConfigError("dataset.hub_name is empty; give a hub dataset id")
-        _check_tokenizer(self)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A classification task as text (harness/tasks.py): each example is an input, the template and a label word;
-    training reads the examples as one text, accuracy scores each held-out input by its label words' likelihood."""
-
-    name: str
-    kind: Literal["task"]
-    task: Literal["corpus_source", "sst2"]
-    labels: list[str]
-    template: str
-    corpora: list[dict] = field(default_factory=list)  # corpus_source: one {path, eval_path} per label, in order
-    passage_chars: int = 300
-    train_examples: int = 512   # per label
-    eval_examples: int = 200    # per label
-    eval_fraction: float = 0.1
-    tokenizer: Tokenizer = "bpe"
-    tokenizer_name: str | None = None
-
-    def check(self) -> None:
-        for name in ("passage_chars", "train_examples", "eval_examples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"dataset.{name}={getattr(self, name)} is invalid; it must be >= 1")
-        if len(set(self.labels)) < 2:
-            raise ConfigError(f"dataset.labels={list(self.labels)} is invalid; give at least two distinct label words")
-        if self.task == "corpus_source" and len(self.corpora) != len(self.labels):
-            raise ConfigError(f"dataset.corpora has {len(self.corpora)} entries for {len(self.labels)} labels; "
-                              "give one corpus ({path, eval_path}) per label")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ConfigError(f"dataset.eval_fraction={self.eval_fraction} is invalid; it must be in (0, 1)")
-        _check_tokenizer(self)
-
-
-@dataclass(frozen=True)
 class MethodSpec:
     name: str
     optimizer: dict | None = None  # training methods; a generate method has none
@@ -482,7 +300,6 @@ class LauncherSpec:
 LOCAL_LAUNCHER = LauncherSpec(name="local")
 
 MODEL_FAMILIES = {"llama": LlamaSpec, "hub": HubModelSpec, "checkpoint": CheckpointSpec}
-DATASET_KINDS = {"synthetic": SyntheticSpec, "text": TextSpec, "hub": HubDataSpec, "task": TaskSpec}
 
 
 def _by_kind(table: dict, data: Any, key: str, where: str):
