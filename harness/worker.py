@@ -132,7 +132,7 @@ def main() -> None:
     if ranked:
         from harness.launch import _die_with_parent
 
-        _die_with_parent()  # torchrun starts ranks in sessions of their own: a killed torchrun takes them down
+        _die_with_parent()  # torchrun starts each rank with setsid: a killed torchrun must still take them down
     record = execute(job_dir)
     if ranked:
         record["ended_at"] = time.time()  # the rank that failed first is the job's cause (harness/ranks.py)
