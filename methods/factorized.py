@@ -27,15 +27,22 @@ class Options(Ranged):
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
 
+def spectral_factors(weight: torch.Tensor, rank: int):
+    """B = U_r √S_r (out × r) and A = √S_r V_rᵀ (r × in), so that BA is W's best rank-r approximation, in W's dtype,
+    with the SVD (U, S, Vᵀ) they come from (float32 or wider)."""
+    u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
+    root = s[:rank].sqrt()
+    # contiguous: the SVD's factors are column-major, and FSDP2 (like some kernels) takes no strided parameter
+    b = (u[:, :rank] * root).to(weight.dtype).contiguous()
+    a = (root[:, None] * vh[:rank]).to(weight.dtype).contiguous()
+    return b, a, (u, s, vh)
+
+
 class FactorizedLinear(nn.Module):
     def __init__(self, linear: nn.Linear, rank: int):
         super().__init__()
-        weight = linear.weight.detach()
-        u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
-        root = s[:rank].sqrt()
-        # contiguous: the SVD's factors are column-major, and FSDP2 (like some kernels) takes no strided parameter
-        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype).contiguous())  # out × r
-        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype).contiguous())  # r × in
+        b, a, _ = spectral_factors(linear.weight.detach(), rank)
+        self.b, self.a = nn.Parameter(b), nn.Parameter(a)  # out × r, r × in
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

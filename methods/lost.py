@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from methods.factorized import spectral_factors
 from methods.lora import DEFAULT_TARGETS, REPLACES, check, replace_targets  # noqa: F401  (targets, checks as LoRA's)
 from methods.options import COUNT, NAMES, Ranged, between
 
@@ -36,11 +37,8 @@ class LOSTLinear(nn.Module):
     def __init__(self, linear: nn.Linear, rank: int, density: float):
         super().__init__()
         weight = linear.weight.detach()
-        u, s, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
-        root = s[:rank].sqrt()
-        # contiguous: the SVD's factors are column-major, and FSDP2 (like some kernels) takes no strided parameter
-        self.b = nn.Parameter((u[:, :rank] * root).to(weight.dtype).contiguous())  # out × r
-        self.a = nn.Parameter((root[:, None] * vh[:rank]).to(weight.dtype).contiguous())  # r × in
+        b, a, (u, s, vh) = spectral_factors(weight, rank)
+        self.b, self.a = nn.Parameter(b), nn.Parameter(a)  # out × r, r × in
         complement = (u[:, rank:] * s[rank:]) @ vh[rank:]
         channels = complement.norm(dim=0).topk(max(1, math.ceil(density * weight.shape[1]))).indices.sort().values
         self.register_buffer("channels", channels)
