@@ -82,3 +82,19 @@ def assert_tracks_reference(params, optimizers, grads) -> None:
             "ours-full": mean_gap(ours, full)}
     assert gaps["ours-theirs"] < 0.1 * gaps["theirs-full"], gaps
     assert gaps["ours-full"] <= 1.05 * gaps["theirs-full"], gaps
+
+
+def saved_by_forward(model, batch, before_backward=lambda: None):
+    """(loss, the live bytes the forward leaves for the backward, before_backward()'s value), counted by the
+    live-tensor probe over the model's own tensors and the batch; the backward has run when this returns."""
+    from harness.probes import LiveTensorProbe, model_tensors
+
+    probe = LiveTensorProbe()
+    probe.register(model_tensors(model) + [batch])
+    with probe:
+        start = probe.current
+        loss = model(input_ids=batch, labels=batch).loss
+        saved = probe.current - start
+        seen = before_backward()
+        loss.backward()
+    return loss.detach(), saved, seen

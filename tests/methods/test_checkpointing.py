@@ -2,9 +2,9 @@
 import torch
 
 from harness.models import build_model
-from harness.probes import LiveTensorProbe, model_tensors
 from harness.schema import LlamaSpec
 from methods import checkpointing
+from tests.methods.common import saved_by_forward
 
 SPEC = LlamaSpec(name="t", family="llama", hidden_size=32, intermediate_size=86, num_attention_heads=4,
                  num_hidden_layers=3, vocab_size=97, max_position_embeddings=64)
@@ -17,14 +17,8 @@ def _forward_backward(use_checkpointing: bool):
         checkpointing.apply(model, None, torch.device("cpu"))
     model.train()
     batch = torch.randint(0, 97, (3, 37), generator=torch.Generator().manual_seed(1))
-    probe = LiveTensorProbe()
-    probe.register(model_tensors(model) + [batch])
-    with probe:
-        start = probe.current
-        loss = model(input_ids=batch, labels=batch).loss
-        activations = probe.current - start
-        loss.backward()
-    return loss.detach(), [p.grad for p in model.parameters()], activations
+    loss, activations, _ = saved_by_forward(model, batch)
+    return loss, [p.grad for p in model.parameters()], activations
 
 
 def test_checkpointing_same_gradients_fewer_activations():

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from harness.models import build_model
-from harness.probes import LiveTensorProbe, model_tensors
 from harness.schema import LlamaSpec, parse
 from methods import checkpointing, compress_activations
 from methods.compress_activations import dequantize, quantize
+from tests.methods.common import saved_by_forward
 
 SPEC = LlamaSpec(name="t", family="llama", hidden_size=64, intermediate_size=172, num_attention_heads=4,
                  num_hidden_layers=3, vocab_size=97, max_position_embeddings=64)
@@ -34,14 +34,8 @@ def _run(transforms, options=None):
         part.apply(model, given, torch.device("cpu"))
     model.train()
     batch = torch.randint(0, 97, (4, 33), generator=torch.Generator().manual_seed(1))
-    live = LiveTensorProbe()
-    live.register(model_tensors(model) + [batch])
-    with live:
-        start = live.current
-        loss = model(input_ids=batch, labels=batch).loss
-        saved = live.current - start
-        loss.backward()
-    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]), saved
+    loss, saved, _ = saved_by_forward(model, batch)
+    return loss, torch.cat([p.grad.flatten() for p in model.parameters()]), saved
 
 
 def _relative(a, b):

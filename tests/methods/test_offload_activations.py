@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from harness.models import build_model
-from harness.probes import LiveTensorProbe, model_tensors
 from harness.schema import LlamaSpec, parse
 from methods import offload_activations
+from tests.methods.common import saved_by_forward
 
 SPEC = LlamaSpec(name="t", family="llama", hidden_size=64, intermediate_size=172, num_attention_heads=4,
                  num_hidden_layers=3, vocab_size=97, max_position_embeddings=64)
@@ -30,15 +30,8 @@ def test_lossless_and_only_the_copies_stay_saved():
     results = {}
     for offload in (False, True):
         model, batch = _model(torch.device("cpu"), offload), _batch("cpu")
-        live = LiveTensorProbe()
-        live.register(model_tensors(model) + [batch])
-        with live:
-            start = live.current
-            loss = model(input_ids=batch, labels=batch).loss
-            saved = live.current - start
-            host = model.membench_codec.host_bytes if offload else 0
-            loss.backward()
-        results[offload] = (loss.detach(), [p.grad for p in model.parameters()], saved, host)
+        loss, saved, host = saved_by_forward(model, batch, lambda m=model, o=offload: m.membench_codec.host_bytes if o else 0)
+        results[offload] = (loss, [p.grad for p in model.parameters()], saved, host)
     (loss, grads, saved, _), (loss_o, grads_o, saved_o, host) = results[False], results[True]
     torch.testing.assert_close(loss_o, loss, rtol=0, atol=0)
     for a, b in zip(grads_o, grads, strict=True):
