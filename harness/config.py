@@ -25,12 +25,21 @@ from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from harness import CONF_DIR, PROJECT_ROOT, checkpoints, ranks
+from harness import CONF_DIR, checkpoints, ranks
+from harness.data_checks import (
+    check_local_hub_name,
+    check_prompt_windows,
+    check_windows,
+    content_digest,
+    file_state,
+    resolve_path,
+    split_sizes,
+)
 from harness.fits import check_weights_fit
 from harness.hints import hint
 from harness.nvml import visible_handles
 from harness.recipes import apply_recipe, resolve_auto_rank, resolve_part_seeds, resolve_warmup_fraction
-from harness.schema import ConfigError, JobSpec, SyntheticSpec, TextSpec
+from harness.schema import ConfigError, JobSpec
 from harness.tokenizer import check_vocab
 
 GROUPS = ("model", "dataset", "method", "scenario", "gpu", "sweep", "launcher")
@@ -151,116 +160,6 @@ def _sweep_params_as_overrides(params: dict) -> list[str]:
     return out
 
 
-def _resolve_path(path: str) -> Path:
-    p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else PROJECT_ROOT / p
-
-
-def _check_text_file(path: Path, key: str) -> None:
-    """The data file is there and reads as UTF-8 text as the job reads it (harness.data.read_text)."""
-    from harness.data import read_text
-
-    try:
-        if path.is_dir():
-            raise ConfigError(f"{key}={path} is a folder; give a text file")
-        if not path.is_file():
-            raise ConfigError(f"{key}: file not found: {path}")
-        if path.stat().st_size == 0:
-            raise ConfigError(f"{key}: file is empty: {path}")
-        read_text(str(path))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{key}: not UTF-8 text ({path}, byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
-
-
-def _split_sizes(data, model, config: dict) -> tuple[tuple[int, str], tuple[int, str]] | None:
-    """((tokens, where from) of the training split, the same of the held-out split); None where only the job can
-    know them (a hub dataset). Text is tokenized as the job will (a BPE is trained here, or read from the tokenizer
-    cache when it can be written; harness/tokenizer.py). Text paths are made absolute in `config`, for the job."""
-    from dataclasses import replace
-
-    if isinstance(data, SyntheticSpec):
-        return (data.train_tokens, "dataset.train_tokens"), (data.eval_tokens, "dataset.eval_tokens")
-    if not isinstance(data, TextSpec):
-        return None
-    paths = {key: str(_resolve_path(getattr(data, key))) for key in ("path", "eval_path") if getattr(data, key)}
-    config["dataset"].update(paths)
-    n_train, n_held_out = _text_token_counts(replace(data, **paths), model.vocab_size,
-                                             tuple(_file_state(path) for path in paths.values()))
-    tokens = f"dataset.tokenizer={data.tokenizer}"
-    if data.eval_path is None:
-        how = f"dataset.path={data.path} with dataset.eval_fraction={data.eval_fraction} held out, {tokens}"
-        return (n_train, how), (n_held_out, how)
-    return (n_train, f"dataset.path={data.path}, {tokens}"), (n_held_out, f"dataset.eval_path={data.eval_path}, "
-                                                              f"{tokens}")
-
-
-def _file_state(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-        return st.st_mtime_ns, st.st_size
-    except OSError:  # missing or unreadable: _text_token_counts says which, in one line
-        return None
-
-
-@lru_cache(maxsize=16)
-def _content_digest(path: str, file_state: tuple | None) -> str:
-    """sha256 of the file's bytes (`file_state` keys the memo, as for the token counts); the path when unreadable."""
-    if file_state is None:
-        return path
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-@lru_cache(maxsize=16)
-def _text_token_counts(data: TextSpec, vocab_size: int | None, file_states: tuple) -> tuple[int, int]:
-    """Tokens of the training and held-out splits of a text dataset (absolute paths), after checking its files.
-    Memoized: every job of a sweep on the same data asks, and each would read and encode the corpus again;
-    `file_states` (mtime and size of each file) is in the key only so that a file changed since is read anew."""
-    from harness.data import load_tokens
-    from harness.tokenizer import cache_dir
-
-    for key in ("path", "eval_path"):
-        if getattr(data, key):
-            _check_text_file(Path(getattr(data, key)), f"dataset.{key}")
-    train, held_out, _ = load_tokens(data, vocab_size, cache_dir(None))
-    return len(train), len(held_out)
-
-
-def _check_local_hub_name(key: str, name: str | None, needs: str | None) -> None:
-    """A hub name written as a path (/…, ./…, ../…, ~…) names a local folder to Hugging Face (relative to the
-    working directory): it must be one, holding `needs` where given, or the job fails to load it."""
-    if name is None or not name.startswith(("/", "./", "../", "~")):
-        return
-    folder = Path(os.path.expanduser(name))
-    if not folder.is_dir():
-        raise ConfigError(f"{key}={name} is a path but no folder is there; give a local folder or a hub id (org/name)")
-    if needs and not (folder / needs).is_file():
-        raise ConfigError(f"{key}={name} is a folder without {needs}; give a model folder saved by save_pretrained")
-
-
-def _check_windows(train, quality, sizes) -> None:
-    """The job's data windows fit: one training window of seq_len+1 tokens (inputs and shifted labels) and, when
-    evaluating, one held-out window of seq_len tokens in a quality run (harness.data.split_windows), else one
-    held-out batch of batch_size x seq_len tokens (harness.data.RandomWindows, eval_batches)."""
-    (n_train, train_from), (n_eval, eval_from) = sizes
-    if n_train < train.seq_len + 1:
-        raise ConfigError(f"the training split has {n_train} tokens ({train_from}); one window needs "
-                          f"train.seq_len+1={train.seq_len + 1}: use more data or a smaller train.seq_len")
-    if quality.measure:
-        if min(n_eval, quality.eval_tokens) < train.seq_len:
-            raise ConfigError(f"a quality run evaluates min(quality.eval_tokens={quality.eval_tokens}, the held-out "
-                              f"split's {n_eval} tokens ({eval_from})), less than one window of "
-                              f"train.seq_len={train.seq_len}: use more data or a smaller train.seq_len")
-        return
-    needed = (1 if train.batch_size == "auto" else train.batch_size) * train.seq_len  # auto: the job checks its own
-    if train.eval_batches and n_eval < needed:
-        raise ConfigError(f"the held-out split has {n_eval} tokens ({eval_from}); one eval batch needs "
-                          f"train.batch_size x train.seq_len={needed}: use more data, smaller batches or "
-                          "train.eval_batches=0")
-
-
 def _check_generate_lengths(spec: JobSpec) -> None:
     """scenario=generate: the longest sequence a job runs fits the model's positions."""
     infer, limit = spec.infer, spec.model.max_position_embeddings
@@ -269,16 +168,6 @@ def _check_generate_lengths(spec: JobSpec) -> None:
         raise ConfigError(f"infer.prompt_len + infer.decode_len (or infer.fidelity_len) = {longest} exceeds model "
                           f"{spec.model.name}'s max_position_embeddings={limit}; lower them or set "
                           f"model.max_position_embeddings")
-
-
-def _check_prompt_windows(infer, quality, sizes) -> None:
-    """scenario=generate: the held-out split holds one prompt (prompts of a larger batch wrap around it) and, when
-    measuring fidelity, one fidelity window."""
-    n_eval, eval_from = sizes[1]
-    need = max(infer.prompt_len, infer.fidelity_len if infer.fidelity else 0)
-    if n_eval < need:
-        raise ConfigError(f"the held-out split has {n_eval} tokens ({eval_from}); a prompt of infer.prompt_len or a "
-                          f"fidelity window of infer.fidelity_len needs {need}: use more data or shorter lengths")
 
 
 def _cross_check(spec: JobSpec, config: dict) -> None:
@@ -298,15 +187,15 @@ def _cross_check(spec: JobSpec, config: dict) -> None:
                           f"max_position_embeddings={model.max_position_embeddings}")
     check_vocab(data, model)
     for path in spec.run.resume_from or ():
-        if not _resolve_path(path).is_file():
-            raise ConfigError(f"run.resume_from: no rows file at {_resolve_path(path)}")
-    sizes = _split_sizes(data, model, config)
+        if not resolve_path(path).is_file():
+            raise ConfigError(f"run.resume_from: no rows file at {resolve_path(path)}")
+    sizes = split_sizes(data, model, config)
     if sizes is not None:
-        (_check_prompt_windows if generate else _check_windows)(spec.infer if generate else train, spec.quality,
+        (check_prompt_windows if generate else check_windows)(spec.infer if generate else train, spec.quality,
                                                                   sizes)
     for key, name, needs in (("model.hub_name", getattr(model, "hub_name", None), "config.json"),
                              ("dataset.hub_name", getattr(data, "hub_name", None), None)):
-        _check_local_hub_name(key, name, needs)
+        check_local_hub_name(key, name, needs)
     remote = spec.launcher.name != "local"  # the job runs on a cluster node, whose GPUs this host does not see
     if remote and importlib.util.find_spec("submitit") is None:
         raise ConfigError(f"launcher={spec.launcher.name} needs submitit: pip install -e '.[slurm]'")
@@ -396,7 +285,7 @@ def run_id_of(config: dict, repeat: int) -> str:
     data = identity.get("dataset", {})
     for key in ("path", "eval_path"):
         if data.get("kind") == "text" and data.get(key):
-            data[key] = _content_digest(data[key], _file_state(data[key]))
+            data[key] = content_digest(data[key], file_state(data[key]))
     blob = json.dumps({"config": identity, "repeat": repeat}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -470,7 +359,7 @@ def plan(argv: list[str]) -> list[Job]:
         resolve_part_seeds(config)
         spec = JobSpec.from_dict(config)
         _cross_check(spec, config)
-        results_dir = _resolve_path(spec.run.results_dir)
+        results_dir = resolve_path(spec.run.results_dir)
         sweep_dir = results_dir / spec.sweep.name
         for repeat in range(spec.run.repeats):
             run_id = run_id_of(config, repeat)

@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from harness import checkpoints
-from harness.config import GROUPS, ConfigError, _resolve_path, default_config, group_options, plan
+from harness.config import GROUPS, ConfigError, default_config, group_options, plan
+from harness.data_checks import resolve_path
 from harness.launch import Interrupted, interrupt_jobs, reset_interrupt, run_job, stop_servers
 from harness.provenance import git_state
 from harness.recipes import leaves
@@ -140,7 +141,7 @@ def _adopt_rows(jobs, done: dict) -> None:
     files = {path for job in jobs for path in job.spec.run.resume_from or ()}
     found = {}
     for path in sorted(files):
-        found.update((r["run_id"], r) for r in read_rows(_resolve_path(path)) if r.get("status") != "interrupted")
+        found.update((r["run_id"], r) for r in read_rows(resolve_path(path)) if r.get("status") != "interrupted")
     for job in jobs:
         row = found.get(job.run_id)
         if row is not None and job.run_id not in done and job.spec.run.resume_from:
