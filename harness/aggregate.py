@@ -49,11 +49,14 @@ def _settings_of(row: dict) -> dict[str, str]:
 def swept_keys(rows: list[dict], own_columns=("model", "method")) -> list[str]:
     """The sweep's axes that have no column of their own: the override keys whose values differ across the rows
     (a `train.batch_size=range(1,4)` sweep gives train.batch_size), except the keys that change how a job runs, not
-    what it measures (OPERATIONAL_KEYS: rows that differ only there are repeats of one config)."""
-    settings = [_settings_of(r) for r in rows]
-    keys = dict.fromkeys(k for s in settings for k in s)
+    what it measures (OPERATIONAL_KEYS: rows that differ only there are repeats of one config). A key varies within
+    one scenario: a finetune or generate sweep's base job (a pretrain row) is set by other keys, not swept by them."""
+    by_scenario: dict = {}
+    for r in rows:
+        by_scenario.setdefault(r.get("scenario"), []).append(_settings_of(r))
+    keys = dict.fromkeys(k for group in by_scenario.values() for s in group for k in s)
     return [k for k in keys if k not in own_columns and k not in OPERATIONAL_KEYS
-            and len({s.get(k) for s in settings}) > 1]
+            and any(len({s.get(k) for s in group}) > 1 for group in by_scenario.values())]
 
 
 def settings_label(row: dict, keys: list[str]) -> str:

@@ -109,6 +109,19 @@ def test_keys_that_change_how_a_job_runs_are_no_setting(tmp_path):
     assert list(table["settings"]) == [""] and list(table["repeats"]) == [2]
 
 
+def test_a_base_jobs_own_keys_are_no_setting_of_the_sweep_it_serves(tmp_path):
+    """A generate sweep with its base job: the base (a pretrain row) is set by train.* keys the generate jobs leave
+    out; only what varies among the generate jobs (here a cache window) labels them."""
+    path = tmp_path / "rows.jsonl"
+    append_row(path, {**_row("base", "adamw", 0, 100, 2.0, 10.0), "overrides": ["train.steps=600", "method=adamw"]})
+    for i, extra in enumerate(([], ["method.cache_options.window=60"])):
+        append_row(path, {**_row(f"g{i}", "streaming_llm", 0, 50, None, None), "scenario": "generate",
+                          "overrides": ["infer.fidelity=true", *extra]})
+    table = tidy(load_rows([path]))
+    assert list(table["settings"]) == ["method.cache_options.window=-", "method.cache_options.window=-",
+                                       "method.cache_options.window=60"]
+
+
 def quality_rows(budget=2_000_000, timing_comparable=True):
     """A constructed quality sweep at llama_60m: (method, final eval losses of seeds 0-2, peak MiB, tokens/s).
     adamw is the baseline (improvement about 7 nats); lowrank gains 0.6 (< 0.1 x 7: not_learning), mezo does not
