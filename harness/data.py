@@ -75,8 +75,18 @@ def _text_splits(spec: TextSpec) -> tuple[str, str]:
 def _hub_splits(spec: HubDataSpec) -> tuple[str, str]:
     import datasets
 
+    from methods import MissingRequirement
+
     def split_text(split: str) -> str:
-        return "\n".join(datasets.load_dataset(spec.hub_name, spec.hub_config, split=split)[spec.text_field])
+        try:
+            rows = datasets.load_dataset(spec.hub_name, spec.hub_config, split=split)
+        except Exception as e:  # not cached and no network, or no such name: the job is skipped, the row says why
+            raise MissingRequirement(f"dataset.hub_name={spec.hub_name} (split {split}) could not be loaded through "
+                                     f"datasets (network or local cache): {type(e).__name__}: {str(e)[:160]}") from None
+        if spec.text_field not in rows.column_names:
+            raise ValueError(f"dataset.text_field={spec.text_field} is not a column of {spec.hub_name}; its columns: "
+                             f"{', '.join(rows.column_names)}")
+        return "\n".join(rows[spec.text_field])
 
     return split_text(spec.split), split_text(spec.eval_split)
 

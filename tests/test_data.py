@@ -158,3 +158,36 @@ def test_text_files_read_as_datasets_text_loader_reads_them(tmp_path, raw):
     datasets.disable_progress_bars()
     lines = datasets.load_dataset("text", data_files={"train": str(path)}, split="train", cache_dir=str(tmp_path / "c"))
     assert read_text(str(path)) == "\n".join(lines["text"])
+
+
+def test_a_hub_dataset_from_a_local_folder_splits_by_slices_and_names_a_missing_column(tmp_path):
+    """dataset.kind=hub reads through datasets.load_dataset, here a folder of JSON lines (as an instruction set such as
+    conf/dataset/alpaca.yaml, one split held out by a slice); a text_field that is no column fails naming the columns."""
+    import json
+
+    from harness.schema import HubDataSpec
+
+    lines = [{"text": f"### Instruction: say {i}\n### Response: {i}", "other": i} for i in range(50)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    spec = HubDataSpec("local", "hub", str(tmp_path), split="train[:80%]", eval_split="train[80%:]", tokenizer="bytes")
+    train, held_out, _ = load_tokens(spec)
+    text = lambda ids: bytes(ids.tolist()).decode()  # noqa: E731
+    assert text(held_out).startswith("### Instruction: say 40\n") and text(held_out).endswith("### Response: 49")
+    assert "say 39" in text(train) and "say 40" not in text(train)
+    with pytest.raises(ValueError, match="dataset.text_field=body is not a column of .*: text, other"):
+        load_tokens(HubDataSpec("local", "hub", str(tmp_path), split="train[:80%]", eval_split="train[80%:]",
+                                text_field="body", tokenizer="bytes"))
+
+
+def test_a_hub_dataset_neither_cached_nor_reachable_skips_the_job_with_the_reason(monkeypatch):
+    import datasets
+
+    from harness.schema import HubDataSpec
+    from methods import MissingRequirement
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'tatsu-lab/alpaca' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(MissingRequirement, match=r"dataset.hub_name=tatsu-lab/alpaca \(split train\[:98%\]\) could not"):
+        load_tokens(HubDataSpec("alpaca", "hub", "tatsu-lab/alpaca", split="train[:98%]", eval_split="train[98%:]"))
