@@ -23,11 +23,11 @@ from harness.plots import pareto_front  # noqa: E402
 from harness.verdict import fidelity_verdict  # noqa: E402
 
 GIB = 2**30
-COLUMNS = ["model", "method", "transforms", "status", "batch_size", "memory_budget", "prompt_len", "decode_len",
+COLUMNS = ["model", "dataset", "gpu", "method", "transforms", "status", "batch_size", "memory_budget", "prompt_len", "decode_len",
            "peak_allocated", "cpu_live_peak", "kv_cache_bytes", "kv_bytes_per_token", "ttft_s", "prefill_tokens_per_s",
            "decode_ms", "decode_ms_p20", "decode_ms_p80", "decode_tokens_per_s", "batch1_decode_tokens_per_s",
            "batch1_kv_cache_bytes", "fidelity_ppl", "fidelity_ppl_full", "fidelity_kl", "fidelity_top1",
-           "fidelity_tokens", "fidelity_verdict", "fidelity_verdict_reason"]
+           "fidelity_tokens", "fidelity_windows", "fidelity_len", "fidelity_verdict", "fidelity_verdict_reason"]
 
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -79,6 +79,16 @@ def _unit(values: pd.Series) -> tuple[float, str]:
     return (GIB, " (GiB)") if values.max() >= GIB / 2 else (2**20, " (MiB)")
 
 
+def _panel_title(sub: pd.DataFrame) -> str:
+    """Model, data, device and the fidelity text (windows x tokens): what a reader needs to compare two panels."""
+    first = sub.iloc[0]
+    where = ", ".join(str(first[c]) for c in ("dataset", "gpu") if c in sub and pd.notna(first[c]))
+    text = ""
+    if {"fidelity_windows", "fidelity_len"} <= set(sub) and pd.notna(first["fidelity_len"]):
+        text = f"\nfidelity: {int(first['fidelity_windows'])} held-out windows x {int(first['fidelity_len'])} tokens"
+    return f"{first['model']}" + (f" ({where})" if where else "") + text
+
+
 def _fidelity_plot(lines: pd.DataFrame, xs: list[tuple[str, str, bool]], path: Path, title: str) -> list[Path]:
     data = lines[(lines["status"] == "ok") & lines["fidelity_top1"].notna()] if "fidelity_top1" in lines else lines[:0]
     if data.empty or any(c not in data for c, _, _ in xs):
@@ -104,7 +114,7 @@ def _fidelity_plot(lines: pd.DataFrame, xs: list[tuple[str, str, bool]], path: P
             ax.plot(front[column] / scale, front["fidelity_top1"], color="0.3", lw=0.8, ls="--")
             ax.set_xlabel(label + unit)
             ax.set_ylabel("top-1 agreement with the full cache")
-            ax.set_title(model, fontsize=9)
+            ax.set_title(_panel_title(sub), fontsize=8)
         row[-1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -135,7 +145,7 @@ def max_batch(lines: pd.DataFrame, path: Path) -> list[Path]:
 def plots(lines: pd.DataFrame, out_dir: Path) -> list[Path]:
     if lines.empty:
         return []
-    memory = [("peak_allocated", "peak allocated (torch.cuda)", True), ("kv_cache_bytes", "KV-cache bytes", True)]
+    memory = [("peak_allocated", "peak allocated (torch.cuda)", True), ("kv_cache_bytes", "KV-cache bytes after prompt + decode", True)]
     if lines.get("peak_allocated", pd.Series(dtype=float)).isna().all():
         memory[0] = ("cpu_live_peak", "peak live tensors (CPU probe)", True)
     written = _fidelity_plot(lines, memory, out_dir / "fidelity_vs_memory.png",
