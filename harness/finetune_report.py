@@ -10,6 +10,7 @@ loss plots, configs that did not learn are hollow and grey and never on the fron
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -40,13 +41,22 @@ def _mean_std(mean, std, spec: str) -> str:
     return format(mean, spec) + (f" ± {format(std, spec)}" if std is not None and pd.notna(std) else "")
 
 
+def _settings(r) -> str:
+    """The line's swept settings less its dataset (a column here, a panel in the plots) and the keys its command line
+    left out (the recipe's values): what tells two lines of one method apart, e.g. an ablation of its recipe."""
+    return " ".join(s for s in str(r.get("settings") or "").split()
+                    if not s.startswith("dataset=") and not s.endswith("=-"))
+
+
 def markdown(quality: pd.DataFrame) -> str:
     """The finetune lines' forgetting and task accuracy, or '' where the table has none."""
     lines = quality[quality["scenario"] == "finetune"] if "scenario" in quality else quality.iloc[:0]
     if lines.empty or all(c not in lines for c in FIELDS):
         return ""
-    header = ["model", "dataset", "method", "task accuracy", "forgetting (nats/token)", "eval loss", "verdict"]
-    rows = [[str(r["model"]), str(r["dataset"]), str(r["method"]),
+    swept = any(_settings(r) for _, r in lines.iterrows())
+    header = ["model", "dataset", "method", *(["settings"] if swept else []), "task accuracy",
+              "forgetting (nats/token)", "eval loss", "verdict"]
+    rows = [[str(r["model"]), str(r["dataset"]), str(r["method"]), *([_settings(r)] if swept else []),
              _mean_std(r.get("task_accuracy"), r.get("task_accuracy_std"), ".3f"),
              _mean_std(r.get("forgetting"), r.get("forgetting_std"), "+.4f"),
              _mean_std(r.get("eval_loss"), r.get("eval_loss_std"), ".4f"), str(r.get("verdict") or "-")]
@@ -74,7 +84,7 @@ def _panel(ax, sub: pd.DataFrame, x_col: str, scale: float, minimize_x: bool) ->
     sub = sub.reset_index(drop=True)
     # a panel is one model, dataset and budget: its configs differ by method (and transforms)
     labels = [r["method"] + (f" +{r['transforms']}" if r["transforms"] not in ("", "-") else "")
-              for _, r in sub.iterrows()]
+              + ("\n" + "\n".join(textwrap.wrap(_settings(r), 48)) if _settings(r) else "") for _, r in sub.iterrows()]
     learned = (sub["verdict"] == "learned").tolist()
     xs, ys = (sub[x_col] / scale).tolist(), sub["task_accuracy"].tolist()
     for i, row in sub.iterrows():

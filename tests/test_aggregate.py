@@ -224,3 +224,24 @@ def test_rows_without_quality_measured_claim_no_quality(tmp_path):
     assert {p.name for p in written} == {"table.csv", "table.md", "memory_breakdown.png", "throughput.png"}
     csv = pd.read_csv(tmp_path / "report" / "table.csv")
     assert "eval_loss" not in csv and list(csv["eval_loss (not a quality measurement)"]) == [6.4, 27.5]
+
+
+def test_finetune_lines_of_one_method_that_differ_by_a_setting_are_told_apart(tmp_path):
+    """A recipe ablation (lora at its own recipe and at rank 64) in the finetune table and the accuracy plot's legend:
+    each line names its settings, less the dataset (a column there) and the keys its command line left out."""
+    from harness.finetune_report import markdown
+
+    path = tmp_path / "f.rows.jsonl"
+    for row in quality_rows():
+        if row["method"] not in ("adamw", "galore"):
+            continue
+        method, extra = ("lora", ["method.transform_options.lora.rank=64"]) if row["method"] == "galore" else (
+            "lora", [])
+        append_row(path, {**row, "method": method, "scenario": "finetune", "task_accuracy": 0.8,
+                          "forgetting": 0.05, "overrides": ["dataset=task", f"method={method}", *extra,
+                                                            f"train.seed={row['seed']}"]})
+    text = markdown(tidy(load_rows([path])))
+    (header,) = [line for line in text.split("\n") if line.startswith("| model")]
+    assert [c.strip() for c in header.split("|")[1:5]] == ["model", "dataset", "method", "settings"]
+    lines = [line for line in text.split("\n") if line.startswith("| llama_60m")]
+    assert [line.split("|")[4].strip() for line in lines] == ["", "method.transform_options.lora.rank=64"]
