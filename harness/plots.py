@@ -8,6 +8,7 @@ Memory lines: memory and throughput only (the stacked breakdown per method, thro
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -39,7 +40,15 @@ def _labels(frame: pd.DataFrame) -> list[str]:
     swept settings (harness.aggregate.swept_keys) where the sweep has any."""
     variants = frame.groupby("method")["transforms"].nunique()
     return [r["method"] + (f" +{r['transforms']}" if variants[r["method"]] > 1 and r["transforms"] not in ("", "-")
-                           else "") + (f" {r['settings']}" if r.get("settings") else "") for _, r in frame.iterrows()]
+                           else "") + _settings_text(r.get("settings")) for _, r in frame.iterrows()]
+
+
+def _settings_text(settings) -> str:
+    """The settings a label shows: those the row's command line set (key=- means the method's own value), wrapped so
+    that a long override (a list of LoRA targets) does not push the panel out of the figure."""
+    shown = " ".join(s for s in str(settings or "").split() if not s.endswith("=-"))
+    lines = textwrap.wrap(shown, 32, break_long_words=True)
+    return "" if not lines else (" " + lines[0] if len(lines) == 1 else "\n" + "\n".join(lines))
 
 
 def _style(i: int) -> tuple:
@@ -216,6 +225,6 @@ def throughput_bars(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def _save(fig, path: Path) -> list[Path]:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends beside the panels and long titles stay in the image
     plt.close(fig)
     return [path]
