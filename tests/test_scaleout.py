@@ -131,14 +131,14 @@ def test_a_cluster_task_that_ended_without_a_row_gets_one_from_its_state(tmp_pat
 
 
 def test_a_sweep_through_submitit_writes_one_row_per_job_and_resumes(results_dir):
-    sweep = ["-m", "launcher=slurm", "launcher.cluster=local", *FAST, "train.seed=0,1,2,3", "sweep.name=cl"]
+    sweep = ["-m", "launcher=slurm", "launcher.cluster=local", *FAST, "train.seed=0,1", "sweep.name=cl"]
     first = run_cli(sweep, results_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = rows_of(results_dir, "cl")
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"} and all(r.get("cluster_job_id") for r in rows)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"} and all(r.get("cluster_job_id") for r in rows)
     (results_dir / "cl" / "rows.jsonl").unlink()  # the controller was lost before it appended the rows
     resumed = run_cli(sweep, results_dir)  # merges what the cluster wrote, submits nothing
-    assert resumed.returncode == 0 and "4 job(s) already had a row and were not resubmitted (4 of them merged from " \
+    assert resumed.returncode == 0 and "2 job(s) already had a row and were not resubmitted (2 of them merged from " \
         "the rows the cluster wrote)" in resumed.stdout and "submitted 0" not in resumed.stdout
     assert sorted(r["run_id"] for r in rows_of(results_dir, "cl")) == sorted(r["run_id"] for r in rows)
 
