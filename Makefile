@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 bench: $(STAMP) ## run the default sweep for this machine (CPU or GPU sized), print the table, write the report
 	$(PY) -m harness.run sweep=$(SWEEP) $(ARGS)
 
+# two workers (pytest-xdist): most of the suite's time is drills that start job processes and wait on them
 test: $(STAMP) ## CPU tests (fast; GPU tests skip without CUDA)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 $(ARGS)
 
 test-gpu: $(STAMP) ## only the tests marked gpu (run on a GPU host)
 	$(PY) -m pytest -q -m gpu $(ARGS)
