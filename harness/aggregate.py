@@ -65,6 +65,13 @@ def settings_label(row: dict, keys: list[str]) -> str:
     return " ".join(f"{k}={settings.get(k, '-')}" for k in keys)
 
 
+def set_settings(label, leave_out: tuple[str, ...] = ()) -> str:
+    """A settings label (settings_label) less the keys the row's command line left out ("key=-": the method's own
+    value stands) and the keys in `leave_out`: what a legend or a narrow column shows."""
+    return " ".join(s for s in str(label or "").split()
+                    if not s.endswith("=-") and s.split("=", 1)[0] not in leave_out)
+
+
 def committed_row_files(root: Path = PROJECT_ROOT / "results") -> list[Path]:
     """The rows committed to the repository: results/<device>/*.rows.jsonl (not raw runs, not failed attempts)."""
     return sorted(p for p in root.glob("*/*.rows.jsonl") if p.parent.name not in ("runs", "baselines"))

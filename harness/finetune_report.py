@@ -42,10 +42,11 @@ def _mean_std(mean, std, spec: str) -> str:
 
 
 def _settings(r) -> str:
-    """The line's swept settings less its dataset (a column here, a panel in the plots) and the keys its command line
-    left out (the recipe's values): what tells two lines of one method apart, e.g. an ablation of its recipe."""
-    return " ".join(s for s in str(r.get("settings") or "").split()
-                    if not s.startswith("dataset=") and not s.endswith("=-"))
+    """The line's settings less its dataset (a column here, a panel in the plots): what tells two lines of one
+    method apart, e.g. an ablation of its recipe."""
+    from harness.aggregate import set_settings  # aggregate imports this module
+
+    return set_settings(r.get("settings"), leave_out=("dataset",))
 
 
 def markdown(quality: pd.DataFrame) -> str:
@@ -84,7 +85,7 @@ def _panel(ax, sub: pd.DataFrame, x_col: str, scale: float, minimize_x: bool) ->
     sub = sub.reset_index(drop=True)
     # a panel is one model, dataset and budget: its configs differ by method (and transforms)
     labels = [r["method"] + (f" +{r['transforms']}" if r["transforms"] not in ("", "-") else "")
-              + ("\n" + "\n".join(textwrap.wrap(_settings(r), 48)) if _settings(r) else "") for _, r in sub.iterrows()]
+              + "".join("\n" + line for line in textwrap.wrap(_settings(r), 48)) for _, r in sub.iterrows()]
     learned = (sub["verdict"] == "learned").tolist()
     xs, ys = (sub[x_col] / scale).tolist(), sub["task_accuracy"].tolist()
     for i, row in sub.iterrows():

@@ -23,11 +23,12 @@ from harness.plots import pareto_front  # noqa: E402
 from harness.verdict import fidelity_verdict  # noqa: E402
 
 GIB = 2**30
-COLUMNS = ["model", "dataset", "gpu", "method", "transforms", "status", "batch_size", "memory_budget", "prompt_len", "decode_len",
-           "peak_allocated", "cpu_live_peak", "kv_cache_bytes", "kv_bytes_per_token", "ttft_s", "prefill_tokens_per_s",
-           "decode_ms", "decode_ms_p20", "decode_ms_p80", "decode_tokens_per_s", "batch1_decode_tokens_per_s",
-           "batch1_kv_cache_bytes", "fidelity_ppl", "fidelity_ppl_full", "fidelity_kl", "fidelity_top1",
-           "fidelity_tokens", "fidelity_windows", "fidelity_len", "fidelity_verdict", "fidelity_verdict_reason"]
+COLUMNS = ["model", "dataset", "gpu", "method", "transforms", "status", "batch_size", "memory_budget", "prompt_len",
+           "decode_len", "peak_allocated", "cpu_live_peak", "kv_cache_bytes", "kv_bytes_per_token", "ttft_s",
+           "prefill_tokens_per_s", "decode_ms", "decode_ms_p20", "decode_ms_p80", "decode_tokens_per_s",
+           "batch1_decode_tokens_per_s", "batch1_kv_cache_bytes", "fidelity_ppl", "fidelity_ppl_full", "fidelity_kl",
+           "fidelity_top1", "fidelity_tokens", "fidelity_windows", "fidelity_len", "fidelity_verdict",
+           "fidelity_verdict_reason"]
 
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -145,7 +146,8 @@ def max_batch(lines: pd.DataFrame, path: Path) -> list[Path]:
 def plots(lines: pd.DataFrame, out_dir: Path) -> list[Path]:
     if lines.empty:
         return []
-    memory = [("peak_allocated", "peak allocated (torch.cuda)", True), ("kv_cache_bytes", "KV-cache bytes after prompt + decode", True)]
+    memory = [("peak_allocated", "peak allocated (torch.cuda)", True),
+              ("kv_cache_bytes", "KV-cache bytes after prompt + decode", True)]
     if lines.get("peak_allocated", pd.Series(dtype=float)).isna().all():
         memory[0] = ("cpu_live_peak", "peak live tensors (CPU probe)", True)
     written = _fidelity_plot(lines, memory, out_dir / "fidelity_vs_memory.png",

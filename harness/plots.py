@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.aggregate import PANEL_KEYS, budget_label, data_label  # noqa: E402
+from harness.aggregate import PANEL_KEYS, budget_label, data_label, set_settings  # noqa: E402
 
 GIB = 2**30
 MARKERS = "osD^vP*Xhp<>8Hd"
@@ -46,8 +46,7 @@ def _labels(frame: pd.DataFrame) -> list[str]:
 def _settings_text(settings) -> str:
     """The settings a label shows: those the row's command line set (key=- means the method's own value), wrapped so
     that a long override (a list of LoRA targets) does not push the panel out of the figure."""
-    shown = " ".join(s for s in str(settings or "").split() if not s.endswith("=-"))
-    lines = textwrap.wrap(shown, 32, break_long_words=True)
+    lines = textwrap.wrap(set_settings(settings), 32, break_long_words=True)
     return "" if not lines else (" " + lines[0] if len(lines) == 1 else "\n" + "\n".join(lines))
 
 
