@@ -80,9 +80,9 @@ def batch_within(e1: Estimate, e2: Estimate, budget: float, probes: tuple[int, i
                  overhead: int | None = None) -> int:
     """The largest batch b whose every phase fits: peak_p(b) + overhead <= budget, with each phase's peak taken as
     affine in the batch through its peaks in e1, e2 (at batches `probes`) and overhead = the larger NVML - peak gap
-    of the two (reserved beyond allocated, and the CUDA context; 0 for a budget of allocated bytes). Per phase, because the phase that sets the peak
-    can change with the batch (at batch 1 the end of backward, holding all gradients; at a large batch the forward's
-    activations); 0 where batch 1 does not fit."""
+    of the two (reserved beyond allocated, and the CUDA context; 0 for a budget of allocated bytes). Per phase,
+    because the phase that sets the peak can change with the batch (at batch 1 the end of backward, holding all
+    gradients; at a large batch the forward's activations); 0 where batch 1 does not fit."""
     (b1, b2) = probes
     overhead = max(e1.nvml - e1.peak, e2.nvml - e2.peak) if overhead is None else overhead
     best = None
@@ -157,7 +157,8 @@ def fit_table(jobs, headroom: float = HEADROOM, made: dict | None = None) -> str
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     for job in jobs:
         est = (made or {}).get(job.run_id) or estimate(job.spec)
-        e1, e8 = (estimate(job.spec, b) for b in (1, 8))
+        # a job at batch 1 or 8 has that trace already
+        e1, e8 = (est if est.batch_size == b else estimate(job.spec, b) for b in (1, 8))
         cells = [f"{'yes' if fits(est, memory, headroom) else 'no'}, max batch "
                  f"{batch_within(e1, e8, memory * (1 - headroom))}" for memory in devices.values()]
         label = " ".join(o for o in job.overrides if o not in shared) or job.spec.method.name

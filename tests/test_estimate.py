@@ -155,3 +155,27 @@ def test_traced_prefill_cache_is_the_closed_form():
 
     spec = plan_for_gpu(["scenario=generate", "method=kv_full", "model=llama_tiny", "train.dtype=bf16"])[0].spec
     assert trace_prefill(spec, batch=3, prompt_len=40)["kv_cache_bytes"] == kv_cache_bytes(spec, 3, 40)
+
+
+def test_the_fit_table_gives_each_gpu_the_largest_batch_whose_every_phase_fits():
+    """`python -m harness.estimate -m method=a,b`: a line per job and a column per GPU of conf/gpu; its max batch is
+    the largest b with peak_p(b) + (NVML − peak) within the budget for every phase p, each peak affine in the batch
+    through the traces at batches 1 and 8 (the rule written plainly here), and b + 1 breaks it."""
+    from harness.config import plan
+    from harness.estimate import HEADROOM, fit_table, gpus
+
+    jobs = plan(["-m", "model=llama_tiny", "method=adamw,sgd", "dataset=synthetic", "train.batch_size=8",
+                 "train.seq_len=32", "run.device=cpu"])
+    lines = fit_table(jobs).splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["method=adamw", "method=sgd"]
+    def fits_all(e1, e8, b, budget):
+        overhead = max(e1.nvml - e1.peak, e8.nvml - e8.peak)
+        return all(p1["peak"] + (e8.phases[k]["peak"] - p1["peak"]) * (b - 1) / 7 + overhead <= budget
+                   for k, p1 in e1.phases.items())
+
+    for job, line in zip(jobs, lines[1:3], strict=True):
+        e1, e8 = estimate(job.spec, 1), estimate(job.spec, 8)
+        shown = [int(cell) for cell in line.replace(",", " ").split() if cell.isdigit()][1:]  # after the batch column
+        for best, memory in zip(shown, gpus().values(), strict=True):
+            budget = memory * (1 - HEADROOM)
+            assert fits_all(e1, e8, best, budget) and not fits_all(e1, e8, best + 1, budget), (job.overrides, best)
