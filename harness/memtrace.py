@@ -182,20 +182,30 @@ def traceable(method):
     return dataclasses.replace(method, transforms=transforms, transform_options=options, optimizer=optimizer)
 
 
+def _tracing(spec, device: str):
+    """What a trace of `spec` on `device` sets up: the target device, the job's dtype there (auto: bf16 on a GPU that
+    has it, fp32 on the CPU, as harness.train.resolve_dtype), the allocator model, its probe (cuBLAS workspaces on
+    CUDA only) and the attention the target runs."""
+    from harness.train import DTYPES
+
+    target = torch.device(device)
+    cuda = target.type == "cuda"
+    dtype = DTYPES.get(spec.train.dtype, torch.bfloat16 if cuda else torch.float32)
+    allocator = CachingAllocator()
+    attention = _cuda_attention() if cuda else nullcontext()
+    return target, dtype, allocator, _TraceProbe(allocator, workspaces=cuda), attention
+
+
 def trace_job(spec, batch_size: int | None = None, steps: int = 2, device: str = "cuda") -> Trace:
     """Trace `steps` training steps of the job `spec` (a harness.schema.JobSpec) at `batch_size` (default: the
     job's) as it runs on `device` (cuda: the kernels, dtype and workspace of a GPU job; cpu: those of a CPU job, whose
     live-tensor peak is its row's cpu_live_peak). No memory is used: every tensor is fake."""
     from harness.models import build_model
     from harness.parts import apply_transforms, build_optimizer, loop_step
-    from harness.train import DTYPES
 
     spec = dataclasses.replace(spec, method=traceable(spec.method))
-    cpu, target = torch.device("cpu"), torch.device(device)
-    # auto: bf16 on a GPU that has it, fp32 on the CPU (harness.train.resolve_dtype)
-    dtype = DTYPES.get(spec.train.dtype, torch.bfloat16 if target.type == "cuda" else torch.float32)
-    allocator = CachingAllocator()
-    probe = _TraceProbe(allocator, workspaces=target.type == "cuda")
+    cpu = torch.device("cpu")
+    target, dtype, allocator, probe, attention = _tracing(spec, device)
     marks: list[tuple[str, int, int, int]] = []  # (phase, log index at its peak, peak, live-tensor peak)
     grads: set[int] = set()
     activations: set[int] = set()
@@ -213,7 +223,6 @@ def trace_job(spec, batch_size: int | None = None, steps: int = 2, device: str =
         marks.append((name, _peak_index(probe.log, start, allocator), allocator.peak, probe.window_peak))
         probe.phase = "between"
 
-    attention = _cuda_attention() if target.type == "cuda" else nullcontext()
     kernels = _fused_8bit_step() if target.type == "cuda" else nullcontext()
     with FakeTensorMode(allow_non_fake_inputs=True), attention, kernels, _eager(), probe:
         model = apply_transforms(spec.method, build_model(spec.model, dtype, cpu), cpu)
@@ -284,14 +293,10 @@ def trace_prefill(spec, batch: int, prompt_len: int, device: str = "cuda") -> di
     from harness.models import build_model
     from harness.parts import apply_transforms, cache_part
     from harness.probes import object_tensors
-    from harness.train import DTYPES
 
-    cpu, target = torch.device("cpu"), torch.device(device)
-    dtype = DTYPES.get(spec.train.dtype, torch.bfloat16 if target.type == "cuda" else torch.float32)
-    allocator = CachingAllocator()
-    probe = _TraceProbe(allocator, workspaces=target.type == "cuda")
+    cpu = torch.device("cpu")
+    _, dtype, allocator, probe, attention = _tracing(spec, device)
     module, options = cache_part(spec.method)
-    attention = _cuda_attention() if target.type == "cuda" else nullcontext()
     with FakeTensorMode(allow_non_fake_inputs=True), attention, probe, torch.no_grad():
         model = apply_transforms(spec.method, build_model(spec.model, dtype, cpu), cpu)
         model.eval()
